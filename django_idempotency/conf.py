@@ -1,0 +1,84 @@
+"""One settings object over the ``IDEMPOTENCY`` dict, read at access time.
+
+Nothing is cached, so ``override_settings(IDEMPOTENCY={...})`` takes effect at once.
+Values are validated by the system checks in ``checks.py``, not here: a bad value is
+reported at start-up with a hint instead of failing a request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.utils.module_loading import import_string
+
+DEFAULTS: dict[str, Any] = {
+    "HEADER": "Idempotency-Key",
+    "REQUIRED": False,
+    "TTL": timedelta(hours=24),
+    "LEASE": timedelta(seconds=90),
+    "WAIT": timedelta(seconds=0),
+    "SCOPE": "django_idempotency.scopes.by_user",
+    "MAX_RESPONSE_BYTES": 1_048_576,
+    "METHODS": ("POST", "PUT", "PATCH", "DELETE"),
+    "PROBLEM_BASE_URL": "https://django-idempotency.readthedocs.io/en/latest/reference/problems/#",
+}
+
+
+class Settings:
+    """Typed access to ``settings.IDEMPOTENCY`` with the defaults above filled in."""
+
+    def get(self, name: str) -> Any:
+        user = getattr(django_settings, "IDEMPOTENCY", None) or {}
+        if name in user:
+            return user[name]
+        return DEFAULTS[name]
+
+    @property
+    def HEADER(self) -> str:
+        return str(self.get("HEADER"))
+
+    @property
+    def header_meta_key(self) -> str:
+        """The ``request.META`` name of the header, e.g. ``HTTP_IDEMPOTENCY_KEY``."""
+        return "HTTP_" + self.HEADER.upper().replace("-", "_")
+
+    @property
+    def REQUIRED(self) -> bool:
+        return bool(self.get("REQUIRED"))
+
+    @property
+    def TTL(self) -> timedelta:
+        return self.get("TTL")  # type: ignore[no-any-return]
+
+    @property
+    def LEASE(self) -> timedelta:
+        return self.get("LEASE")  # type: ignore[no-any-return]
+
+    @property
+    def WAIT(self) -> timedelta:
+        return self.get("WAIT")  # type: ignore[no-any-return]
+
+    @property
+    def SCOPE(self) -> Callable[[Any], str]:
+        value = self.get("SCOPE")
+        if isinstance(value, str):
+            value = import_string(value)
+        return value  # type: ignore[no-any-return]
+
+    @property
+    def MAX_RESPONSE_BYTES(self) -> int:
+        return int(self.get("MAX_RESPONSE_BYTES"))
+
+    @property
+    def METHODS(self) -> frozenset[str]:
+        return frozenset(method.upper() for method in self.get("METHODS"))
+
+    @property
+    def PROBLEM_BASE_URL(self) -> str:
+        return str(self.get("PROBLEM_BASE_URL"))
+
+
+conf = Settings()

@@ -1,0 +1,93 @@
+"""``@idempotent`` for Django function views, sync and async."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Collection
+from datetime import timedelta
+from typing import Any, TypeVar, overload
+
+from asgiref.sync import async_to_sync, iscoroutinefunction
+
+from django_idempotency.guard import Guard, KeyFunction, opt_out_of_atomic_requests
+
+V = TypeVar("V", bound=Callable[..., Any])
+
+
+@overload
+def idempotent(view: V) -> V: ...
+
+
+@overload
+def idempotent(
+    view: None = None,
+    *,
+    required: bool | None = None,
+    atomic: bool = True,
+    single_transaction: bool = False,
+    key: KeyFunction | None = None,
+    fingerprint: Callable[[Any], str] | None = None,
+    scope: Callable[[Any], str] | None = None,
+    ttl: timedelta | None = None,
+    lease: timedelta | None = None,
+    methods: Collection[str] | None = None,
+) -> Callable[[V], V]: ...
+
+
+def idempotent(
+    view: V | None = None,
+    *,
+    required: bool | None = None,
+    atomic: bool = True,
+    single_transaction: bool = False,
+    key: KeyFunction | None = None,
+    fingerprint: Callable[[Any], str] | None = None,
+    scope: Callable[[Any], str] | None = None,
+    ttl: timedelta | None = None,
+    lease: timedelta | None = None,
+    methods: Collection[str] | None = None,
+) -> V | Callable[[V], V]:
+    """Run the view once per (scope, key); replay its response to every retry.
+
+    Usable bare (``@idempotent``) or with arguments. The view is opted out of
+    ``ATOMIC_REQUESTS`` on the records' database: the guard opens the transaction
+    itself, and the claim must commit before the view starts.
+    """
+    guard = Guard(
+        required=required,
+        atomic=atomic,
+        single_transaction=single_transaction,
+        key=key,
+        fingerprint=fingerprint,
+        scope=scope,
+        ttl=ttl,
+        lease=lease,
+        methods=methods,
+    )
+
+    def decorate(view: V) -> V:
+        if iscoroutinefunction(view):
+
+            @functools.wraps(view)
+            async def async_wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
+                if not guard.applies(request):
+                    return await view(request, *args, **kwargs)
+                run_view = async_to_sync(view)
+                return await guard.arun(request, lambda: run_view(request, *args, **kwargs))
+
+            wrapper: Any = async_wrapper
+        else:
+
+            @functools.wraps(view)
+            def sync_wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
+                if not guard.applies(request):
+                    return view(request, *args, **kwargs)
+                return guard.run(request, lambda: view(request, *args, **kwargs))
+
+            wrapper = sync_wrapper
+        wrapper.idempotency_guard = guard
+        return opt_out_of_atomic_requests(wrapper)  # type: ignore[no-any-return]
+
+    if view is not None:
+        return decorate(view)
+    return decorate

@@ -1,0 +1,384 @@
+"""The state machine: claim a key, run the work once, remember its result.
+
+Framework-agnostic: the adapter hands in an ``Intent`` (who and what), a ``Policy``
+(how), the work to run and a ``capture`` function that turns the work's result into
+what should be stored, or ``None`` when the attempt failed and must leave no trace.
+The engine answers with one ``Outcome``; the adapter turns that into HTTP.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
+
+from django.db import DatabaseError, connections, router, transaction
+from django.utils import timezone
+
+from django_idempotency import signals
+from django_idempotency.errors import is_lock_conflict
+from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet, Status
+
+logger = logging.getLogger("django_idempotency")
+
+R = TypeVar("R")
+CLAIM_ROUNDS = 5
+
+
+class Mode(enum.Enum):
+    TWO_PHASE = "two_phase"
+    SINGLE_TRANSACTION = "single_transaction"
+    NON_ATOMIC = "non_atomic"
+
+
+@dataclass(frozen=True)
+class Intent:
+    scope: str
+    key: str
+    fingerprint: str
+    method: str = ""
+    route: str = ""
+
+
+@dataclass(frozen=True)
+class Policy:
+    mode: Mode
+    lease: timedelta
+    ttl: timedelta
+    wait: timedelta = timedelta(0)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What to remember of a successful attempt; ``body=None`` if it was too large."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes | None
+
+
+class LeaseLost(Exception):
+    """This attempt's lease was taken over by a retry: its work must not commit."""
+
+
+class Operation:
+    """What the work sees of its operation (``request.idempotency`` in views)."""
+
+    def __init__(self, record: IdempotencyRecord, records: IdempotencyRecordQuerySet) -> None:
+        self._record = record
+        self._records = records
+
+    @property
+    def id(self) -> Any:
+        return self._record.pk
+
+    @property
+    def key(self) -> str:
+        return self._record.key
+
+    @property
+    def scope(self) -> str:
+        return self._record.scope
+
+    @property
+    def attempt(self) -> int:
+        return self._record.attempts
+
+    @property
+    def recovery_point(self) -> str:
+        return self._record.recovery_point
+
+    def derived_key(self, name: str) -> str:
+        """A key for a downstream call, the same on every attempt of this operation.
+
+        Built from the operation id, never from the client's key, so it does not leak
+        the key and is unique across scopes.
+        """
+        return f"{self._record.pk}:{name}"
+
+    def checkpoint(self, name: str) -> None:
+        """Record progress of multi-step work; a retry after a crash resumes from it."""
+        if not self._records.checkpoint(self._record, name):
+            raise LeaseLost(f"operation {self._record.pk} was taken over")
+
+
+@dataclass(frozen=True)
+class Executed(Generic[R]):
+    """The work ran. ``record`` is ``None`` when its result was not stored."""
+
+    value: R
+    record: IdempotencyRecord | None
+
+
+@dataclass(frozen=True)
+class Replay:
+    record: IdempotencyRecord
+
+
+@dataclass(frozen=True)
+class InProgress:
+    record: IdempotencyRecord
+    retry_after: int
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    record: IdempotencyRecord
+
+
+@dataclass(frozen=True)
+class Busy:
+    """A lock conflict or a lost lease: nothing was committed, retry shortly."""
+
+    reason: str
+    retry_after: int = 1
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    error: BaseException
+
+
+Outcome = Executed[R] | Replay | InProgress | Mismatch | Busy | Unavailable
+
+
+def records_database() -> str:
+    """Records always live on the write database: a replica's stale read is a duplicate."""
+    return router.db_for_write(IdempotencyRecord) or "default"
+
+
+def execute(
+    intent: Intent,
+    policy: Policy,
+    work: Callable[[Operation], R],
+    capture: Callable[[R], Stored | None],
+) -> Outcome[R]:
+    records = IdempotencyRecord.objects.using(records_database())
+    if policy.mode is Mode.SINGLE_TRANSACTION:
+        return _single_transaction(records, intent, policy, work, capture)
+    try:
+        claimed = _claim_committed(records, intent, policy)
+    except DatabaseError as exc:
+        return _database_failure(exc, intent)
+    if not isinstance(claimed, IdempotencyRecord):
+        return claimed
+    if policy.mode is Mode.NON_ATOMIC:
+        return _run_outside_transaction(records, claimed, intent, policy, work, capture)
+    return _run_in_transaction(records, claimed, intent, policy, work, capture)
+
+
+def _claim_committed(
+    records: IdempotencyRecordQuerySet, intent: Intent, policy: Policy
+) -> IdempotencyRecord | Replay | InProgress | Mismatch | Busy:
+    """Phase 1: the claim must be visible to other requests before the work starts.
+
+    In autocommit every statement commits by itself. Inside a transaction (a test
+    case, or a view that forgot to opt out of ATOMIC_REQUESTS) ``durable=True``
+    refuses to run nested instead of silently claiming inside someone's transaction.
+    """
+    if not connections[records.db].in_atomic_block:
+        return _claim(records, intent, policy)
+    with transaction.atomic(using=records.db, durable=True):
+        return _claim(records, intent, policy)
+
+
+def _claim(
+    records: IdempotencyRecordQuerySet, intent: Intent, policy: Policy
+) -> IdempotencyRecord | Replay | InProgress | Mismatch | Busy:
+    for _ in range(CLAIM_ROUNDS):
+        record = records.claim(
+            scope=intent.scope,
+            key=intent.key,
+            fingerprint=intent.fingerprint,
+            method=intent.method,
+            route=intent.route,
+            lease=policy.lease,
+            ttl=policy.ttl,
+        )
+        if record is not None:
+            _send(signals.operation_started, record, intent)
+            return record
+        existing = records.lookup(intent.scope, intent.key)
+        if existing is None:
+            continue  # released between our insert and our read
+        now = timezone.now()
+        if existing.is_expired(now):
+            records.discard_expired(existing)
+            continue
+        if existing.fingerprint != intent.fingerprint:
+            _send(signals.operation_conflict, existing, intent, reason="mismatch")
+            return Mismatch(existing)
+        if existing.status == Status.COMPLETED:
+            _send(signals.operation_replayed, existing, intent)
+            return Replay(existing)
+        if existing.lease_is_live(now):
+            assert existing.locked_until is not None
+            seconds = math.ceil((existing.locked_until - now).total_seconds())
+            _send(signals.operation_conflict, existing, intent, reason="in_progress")
+            return InProgress(existing, max(seconds, 1))
+        taken = _take_over(records, existing, policy)
+        if taken is not None:
+            _send(signals.operation_started, taken, intent)
+            return taken
+    return Busy("contended")
+
+
+def _take_over(
+    records: IdempotencyRecordQuerySet, record: IdempotencyRecord, policy: Policy
+) -> IdempotencyRecord | None:
+    """Take a dead lease, unless its attempt still holds the row inside its transaction."""
+    with transaction.atomic(using=records.db):
+        if not records.lock(record, nowait=True):
+            return None
+        return records.take_over(record, policy.lease)
+
+
+def _run_in_transaction(
+    records: IdempotencyRecordQuerySet,
+    record: IdempotencyRecord,
+    intent: Intent,
+    policy: Policy,
+    work: Callable[[Operation], R],
+    capture: Callable[[R], Stored | None],
+) -> Outcome[R]:
+    """Phase 2: the work's writes and "done" commit together or not at all."""
+    stored: Stored | None = None
+    try:
+        with transaction.atomic(using=records.db):
+            if not records.lock(record):
+                raise LeaseLost
+            value = work(Operation(record, records))
+            stored = capture(value)
+            if stored is None:
+                transaction.set_rollback(True, using=records.db)
+            elif not _finalize(records, record, stored, policy):
+                raise LeaseLost
+    except LeaseLost:
+        _send(signals.operation_conflict, record, intent, reason="lease_lost")
+        return Busy("lease_lost")
+    except DatabaseError as exc:
+        _forget(records, record)
+        if is_lock_conflict(exc):
+            _send(signals.operation_conflict, record, intent, reason="lock")
+            return Busy("lock")
+        raise
+    except BaseException:
+        _forget(records, record)
+        raise
+    if stored is None:
+        _forget(records, record)
+        return Executed(value, None)
+    _send(signals.operation_completed, record, intent)
+    return Executed(value, record)
+
+
+def _run_outside_transaction(
+    records: IdempotencyRecordQuerySet,
+    record: IdempotencyRecord,
+    intent: Intent,
+    policy: Policy,
+    work: Callable[[Operation], R],
+    capture: Callable[[R], Stored | None],
+) -> Outcome[R]:
+    """``atomic=False``: the work may reach outside the database, so a failed attempt
+    keeps its record (ending the lease at once) instead of forgetting it: the retry
+    takes over the same operation id, recovery point and derived keys."""
+    try:
+        value = work(Operation(record, records))
+        stored = capture(value)
+    except LeaseLost:
+        return Busy("lease_lost")
+    except BaseException:
+        _unlock(records, record)
+        raise
+    if stored is None:
+        _unlock(records, record)
+        return Executed(value, None)
+    try:
+        finalized = _finalize(records, record, stored, policy)
+    except DatabaseError as exc:
+        return _database_failure(exc, intent)
+    if not finalized:
+        _send(signals.operation_conflict, record, intent, reason="lease_lost")
+        return Busy("lease_lost")
+    _send(signals.operation_completed, record, intent)
+    return Executed(value, record)
+
+
+def _single_transaction(
+    records: IdempotencyRecordQuerySet,
+    intent: Intent,
+    policy: Policy,
+    work: Callable[[Operation], R],
+    capture: Callable[[R], Stored | None],
+) -> Outcome[R]:
+    """Claim, work and finalize in one transaction: one commit, no visible IN_PROGRESS.
+
+    A concurrent duplicate's claim waits on the unique index until the first commits
+    (then replays) or rolls back (then runs).
+    """
+    stored: Stored | None = None
+    claimed: Any = None
+    try:
+        with transaction.atomic(using=records.db):
+            records.bound_lock_wait(policy.wait or policy.lease)
+            claimed = _claim(records, intent, policy)
+            if not isinstance(claimed, IdempotencyRecord):
+                return claimed  # type: ignore[no-any-return]
+            value = work(Operation(claimed, records))
+            stored = capture(value)
+            if stored is None:
+                transaction.set_rollback(True, using=records.db)
+            elif not _finalize(records, claimed, stored, policy):
+                raise LeaseLost
+    except LeaseLost:
+        return Busy("lease_lost")
+    except DatabaseError as exc:
+        if isinstance(claimed, IdempotencyRecord) and not is_lock_conflict(exc):
+            raise
+        return _database_failure(exc, intent)
+    if stored is None:
+        return Executed(value, None)
+    _send(signals.operation_completed, claimed, intent)
+    return Executed(value, claimed)
+
+
+def _finalize(
+    records: IdempotencyRecordQuerySet, record: IdempotencyRecord, stored: Stored, policy: Policy
+) -> bool:
+    return records.finalize(
+        record, status=stored.status, headers=stored.headers, body=stored.body, ttl=policy.ttl
+    )
+
+
+def _forget(records: IdempotencyRecordQuerySet, record: IdempotencyRecord) -> None:
+    try:
+        records.release(record)
+    except DatabaseError:
+        logger.warning("Could not release %s; a retry takes over after its lease.", record.pk)
+
+
+def _unlock(records: IdempotencyRecordQuerySet, record: IdempotencyRecord) -> None:
+    try:
+        records.unlock(record)
+    except DatabaseError:
+        logger.warning("Could not unlock %s; a retry takes over after its lease.", record.pk)
+
+
+def _database_failure(exc: DatabaseError, intent: Intent) -> Busy | Unavailable:
+    if is_lock_conflict(exc):
+        _send(signals.operation_conflict, None, intent, reason="lock")
+        return Busy("lock")
+    logger.error("Idempotency store unavailable: %s", exc, exc_info=exc)
+    return Unavailable(exc)
+
+
+def _send(signal: Any, record: IdempotencyRecord | None, intent: Intent, **extra: Any) -> None:
+    if signal.receivers:
+        signal.send(
+            sender=IdempotencyRecord, record=record, scope=intent.scope, key=intent.key, **extra
+        )

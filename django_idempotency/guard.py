@@ -1,0 +1,178 @@
+"""The HTTP side shared by the decorator and the DRF mixin.
+
+It reads the key, scope and fingerprint of a request, asks the engine to run the view
+once, and turns the engine's outcome into a response. It knows nothing of DRF.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Collection
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpResponseBase
+
+from django_idempotency import engine, keys, responses
+from django_idempotency.conf import conf
+
+KeyFunction = Callable[[Any], "str | None"]
+FIRST_POLL = 0.05
+
+
+class Guard:
+    def __init__(
+        self,
+        *,
+        required: bool | None = None,
+        atomic: bool = True,
+        single_transaction: bool = False,
+        key: KeyFunction | None = None,
+        fingerprint: Callable[[Any], str] | None = None,
+        scope: Callable[[Any], str] | None = None,
+        ttl: timedelta | None = None,
+        lease: timedelta | None = None,
+        methods: Collection[str] | None = None,
+    ) -> None:
+        if single_transaction and not atomic:
+            raise ImproperlyConfigured(
+                "single_transaction=True runs the view inside the claim's transaction; "
+                "it cannot be combined with atomic=False."
+            )
+        self.required = required
+        self.mode = (
+            engine.Mode.SINGLE_TRANSACTION
+            if single_transaction
+            else engine.Mode.TWO_PHASE
+            if atomic
+            else engine.Mode.NON_ATOMIC
+        )
+        self.key = key
+        self.fingerprint = fingerprint or keys.fingerprint
+        self.scope = scope
+        self.ttl = ttl
+        self.lease = lease
+        self.methods = frozenset(m.upper() for m in methods) if methods is not None else None
+
+    def applies(self, request: Any) -> bool:
+        methods = self.methods if self.methods is not None else conf.METHODS
+        return request.method in methods
+
+    def policy(self) -> engine.Policy:
+        return engine.Policy(
+            mode=self.mode,
+            lease=self.lease or conf.LEASE,
+            ttl=self.ttl or conf.TTL,
+            wait=conf.WAIT,
+        )
+
+    def intent(self, request: Any) -> engine.Intent | HttpResponseBase | None:
+        """The request's intent; a 400 response for a bad key; ``None`` to pass through."""
+        try:
+            if self.key is not None:
+                key = self.key(request)
+                if key is not None:
+                    key = keys.parse_key(str(key))
+            else:
+                key = keys.parse_key(request.META.get(conf.header_meta_key))
+        except keys.InvalidKey as exc:
+            return responses.invalid_key(str(exc))
+        if key is None:
+            required = conf.REQUIRED if self.required is None else self.required
+            return responses.missing_key() if required else None
+        return engine.Intent(
+            scope=keys.compute_scope(request, self.scope),
+            key=key,
+            fingerprint=self.fingerprint(request),
+            method=request.method,
+            route=keys.route_of(request),
+        )
+
+    def run(self, request: Any, view: Callable[[], HttpResponseBase]) -> HttpResponseBase:
+        intent = self.intent(request)
+        if intent is None:
+            return view()
+        if isinstance(intent, HttpResponseBase):
+            return intent
+        policy = self.policy()
+        deadline = time.monotonic() + policy.wait.total_seconds()
+        pause = FIRST_POLL
+        while True:
+            outcome = self._execute(request, intent, policy, view)
+            remaining = deadline - time.monotonic()
+            if not isinstance(outcome, engine.InProgress) or remaining <= 0:
+                return self.respond(outcome)
+            time.sleep(min(pause, remaining))
+            pause *= 2
+
+    async def arun(self, request: Any, view: Callable[[], HttpResponseBase]) -> HttpResponseBase:
+        """The async twin: claim, view and finalize run as one thread-sensitive call.
+
+        ``view`` is a sync callable (the async view wrapped in ``async_to_sync``), so
+        the view's ORM calls land on the same thread and inside the same transaction.
+        """
+        intent = await sync_to_async(self.intent, thread_sensitive=True)(request)
+        if intent is None:
+            return await sync_to_async(view, thread_sensitive=True)()
+        if isinstance(intent, HttpResponseBase):
+            return intent
+        policy = self.policy()
+        deadline = time.monotonic() + policy.wait.total_seconds()
+        pause = FIRST_POLL
+        execute = sync_to_async(self._execute, thread_sensitive=True)
+        while True:
+            outcome = await execute(request, intent, policy, view)
+            remaining = deadline - time.monotonic()
+            if not isinstance(outcome, engine.InProgress) or remaining <= 0:
+                return self.respond(outcome)
+            await asyncio.sleep(min(pause, remaining))
+            pause *= 2
+
+    def _execute(
+        self,
+        request: Any,
+        intent: engine.Intent,
+        policy: engine.Policy,
+        view: Callable[[], HttpResponseBase],
+    ) -> engine.Outcome[HttpResponseBase]:
+        def work(operation: engine.Operation) -> HttpResponseBase:
+            request.idempotency = operation
+            django_request = getattr(request, "_request", None)
+            if django_request is not None:
+                django_request.idempotency = operation
+            return view()
+
+        return engine.execute(intent, policy, work, responses.capture)
+
+    def respond(self, outcome: engine.Outcome[HttpResponseBase]) -> HttpResponseBase:
+        if isinstance(outcome, engine.Executed):
+            return outcome.value
+        if isinstance(outcome, engine.Replay):
+            return responses.replay(outcome.record)
+        if isinstance(outcome, engine.InProgress):
+            return responses.in_progress(outcome.record, outcome.retry_after)
+        if isinstance(outcome, engine.Mismatch):
+            return responses.mismatch(outcome.record)
+        if isinstance(outcome, engine.Busy):
+            return responses.busy(outcome.reason, outcome.retry_after)
+        return responses.unavailable()
+
+
+class RecordsDatabase(set[str]):
+    """``view._non_atomic_requests`` that also names the records' database.
+
+    Resolved per request, because the database router is not known when a view is
+    decorated at import time. Without it the claim could not commit on its own under
+    ``ATOMIC_REQUESTS``.
+    """
+
+    def __contains__(self, alias: object) -> bool:
+        return alias == engine.records_database() or super().__contains__(alias)
+
+
+def opt_out_of_atomic_requests(view: Any) -> Any:
+    view._non_atomic_requests = RecordsDatabase(getattr(view, "_non_atomic_requests", ()))
+    return view

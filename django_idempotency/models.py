@@ -1,0 +1,254 @@
+"""The record that remembers, durably and with the side effect, that an intent was done.
+
+The QuerySet methods below are the only code that writes records. Every write that
+acts on a claimed record is fenced by ``lease_token``: an attempt whose lease was taken
+over matches zero rows and must roll back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from django.db import IntegrityError, connections, models, transaction
+from django.db.models import F
+from django.db.models.constants import OnConflict
+from django.db.models.sql import InsertQuery
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+class Status(models.TextChoices):
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+
+
+class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
+    def lookup(self, scope: str, key: str) -> IdempotencyRecord | None:
+        record: IdempotencyRecord | None = self.filter(scope=scope, key=key).first()
+        return record
+
+    def claim(
+        self,
+        *,
+        scope: str,
+        key: str,
+        fingerprint: str,
+        method: str,
+        route: str,
+        lease: timedelta,
+        ttl: timedelta,
+    ) -> IdempotencyRecord | None:
+        """Insert a new IN_PROGRESS record; ``None`` when (scope, key) already exists.
+
+        The insert ignores conflicts instead of raising, so it needs no savepoint
+        inside a transaction and leaves no error in the database log. A concurrent
+        uncommitted insert of the same key makes it wait (PostgreSQL, InnoDB) until
+        that transaction ends.
+        """
+        now = timezone.now()
+        record = self.model(
+            scope=scope,
+            key=key,
+            fingerprint=fingerprint,
+            status=Status.IN_PROGRESS,
+            method=method[:10],
+            route=route[:255],
+            lease_token=uuid.uuid4(),
+            locked_until=now + lease,
+            created_at=now,
+            expires_at=now + ttl,
+        )
+        return record if self._insert(record) else None
+
+    def _insert(self, record: IdempotencyRecord) -> bool:
+        connection = connections[self.db]
+        fields = self.model._meta.concrete_fields
+        if not connection.features.supports_ignore_conflicts:
+            try:
+                with transaction.atomic(using=self.db):
+                    self.model.objects.using(self.db).bulk_create([record])
+            except IntegrityError:
+                return False
+            return True
+        query = InsertQuery(self.model, on_conflict=OnConflict.IGNORE)
+        query.insert_values(fields, [record])
+        inserted = 0
+        with connection.cursor() as cursor:
+            for sql, params in query.get_compiler(using=self.db).as_sql():
+                cursor.execute(sql, params)
+                inserted += max(cursor.rowcount, 0)
+        record._state.adding = False
+        record._state.db = self.db
+        return inserted == 1
+
+    def discard_expired(self, record: IdempotencyRecord) -> bool:
+        """Delete ``record`` if it has expired, so that the key can be claimed afresh."""
+        deleted, _count = self.filter(pk=record.pk, expires_at__lte=timezone.now()).delete()
+        return bool(deleted)
+
+    def take_over(self, record: IdempotencyRecord, lease: timedelta) -> IdempotencyRecord | None:
+        """Give a crashed attempt's expired lease to a new attempt, once.
+
+        Two retries racing for the same dead lease both run this UPDATE; the
+        ``lease_token`` condition lets exactly one of them match.
+        """
+        now = timezone.now()
+        token = uuid.uuid4()
+        updated = self.filter(
+            pk=record.pk,
+            lease_token=record.lease_token,
+            status=Status.IN_PROGRESS,
+            locked_until__lte=now,
+        ).update(lease_token=token, locked_until=now + lease, attempts=F("attempts") + 1)
+        if not updated:
+            return None
+        record.lease_token = token
+        record.locked_until = now + lease
+        record.attempts += 1
+        return record
+
+    def lock(self, record: IdempotencyRecord, *, nowait: bool = False) -> bool:
+        """Row-lock ``record`` for the rest of the transaction if its lease is still ours."""
+        connection = connections[self.db]
+        nowait = nowait and connection.features.has_select_for_update_nowait
+        rows = self.select_for_update(nowait=nowait).filter(
+            pk=record.pk, lease_token=record.lease_token
+        )
+        return rows.values_list("pk", flat=True).first() is not None
+
+    def finalize(
+        self,
+        record: IdempotencyRecord,
+        *,
+        status: int,
+        headers: dict[str, str],
+        body: bytes | None,
+        ttl: timedelta,
+    ) -> bool:
+        """Mark the attempt COMPLETED with its response; ``False`` if the lease was lost."""
+        now = timezone.now()
+        values: dict[str, Any] = {
+            "status": Status.COMPLETED,
+            "response_status": status,
+            "response_headers": headers,
+            "response_body": body,
+            "completed_at": now,
+            "expires_at": now + ttl,
+            "locked_until": None,
+        }
+        updated = self.filter(
+            pk=record.pk,
+            lease_token=record.lease_token,
+            status=Status.IN_PROGRESS,
+        ).update(**values)
+        if updated:
+            for name, value in values.items():
+                setattr(record, name, value)
+        return bool(updated)
+
+    def release(self, record: IdempotencyRecord) -> bool:
+        """Forget an attempt whose writes were rolled back, so a retry runs again."""
+        deleted, _count = self.filter(
+            pk=record.pk,
+            lease_token=record.lease_token,
+            status=Status.IN_PROGRESS,
+        ).delete()
+        return bool(deleted)
+
+    def unlock(self, record: IdempotencyRecord) -> bool:
+        """End the lease at once but keep the record, its id and its recovery point.
+
+        Used when work outside the database may already have happened: the retry takes
+        over the same operation id, so derived downstream keys stay the same.
+        """
+        now = timezone.now()
+        updated = self.filter(
+            pk=record.pk,
+            lease_token=record.lease_token,
+            status=Status.IN_PROGRESS,
+        ).update(locked_until=now)
+        if updated:
+            record.locked_until = now
+        return bool(updated)
+
+    def checkpoint(self, record: IdempotencyRecord, recovery_point: str) -> bool:
+        updated = self.filter(
+            pk=record.pk,
+            lease_token=record.lease_token,
+            status=Status.IN_PROGRESS,
+        ).update(recovery_point=recovery_point)
+        if updated:
+            record.recovery_point = recovery_point
+        return bool(updated)
+
+    def bound_lock_wait(self, timeout: timedelta) -> None:
+        """Bound how long this transaction waits for row locks, where the database can.
+
+        PostgreSQL gets a transaction-local ``lock_timeout`` (safe behind PgBouncer in
+        transaction pooling); InnoDB's wait is bounded by ``innodb_lock_wait_timeout``
+        and SQLite's by the connection's ``timeout`` option.
+        """
+        connection = connections[self.db]
+        if connection.vendor == "postgresql":
+            milliseconds = max(int(timeout.total_seconds() * 1000), 1)
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{milliseconds}ms"])
+
+    def expired(self, now: datetime | None = None) -> IdempotencyRecordQuerySet:
+        expired: IdempotencyRecordQuerySet = self.filter(expires_at__lte=now or timezone.now())
+        return expired
+
+    def stuck(self, now: datetime | None = None) -> IdempotencyRecordQuerySet:
+        """IN_PROGRESS records whose lease has run out: their attempt crashed or hangs."""
+        return self.filter(  # type: ignore[no-any-return]
+            status=Status.IN_PROGRESS,
+            locked_until__lte=now or timezone.now(),
+        )
+
+
+class IdempotencyRecord(models.Model):
+    Status = Status
+
+    id = models.UUIDField(_("operation id"), primary_key=True, default=uuid.uuid4, editable=False)
+    scope = models.CharField(_("scope"), max_length=255)
+    key = models.CharField(_("key"), max_length=255)
+    fingerprint = models.CharField(_("fingerprint"), max_length=64)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices)
+    method = models.CharField(_("method"), max_length=10, blank=True)
+    route = models.CharField(_("route"), max_length=255, blank=True)
+    response_status = models.PositiveSmallIntegerField(_("response status"), null=True, blank=True)
+    response_headers = models.JSONField(_("response headers"), default=dict, blank=True)
+    response_body = models.BinaryField(_("response body"), null=True, blank=True)
+    lease_token = models.UUIDField(_("lease token"), null=True, blank=True)
+    locked_until = models.DateTimeField(_("locked until"), null=True, blank=True)
+    attempts = models.PositiveIntegerField(_("attempts"), default=1)
+    recovery_point = models.CharField(_("recovery point"), max_length=100, blank=True, default="")
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    completed_at = models.DateTimeField(_("completed at"), null=True, blank=True)
+    expires_at = models.DateTimeField(_("expires at"))
+
+    objects: ClassVar[IdempotencyRecordQuerySet] = IdempotencyRecordQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        db_table = "django_idempotency_record"
+        verbose_name = _("idempotency record")
+        verbose_name_plural = _("idempotency records")
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "key"], name="django_idempotency_scope_key"),
+        ]
+        indexes = [
+            models.Index(fields=["expires_at"], name="django_idem_expires_at"),
+            models.Index(fields=["status", "locked_until"], name="django_idem_status_locked"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.scope})"
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at <= (now or timezone.now())
+
+    def lease_is_live(self, now: datetime | None = None) -> bool:
+        return self.locked_until is not None and self.locked_until > (now or timezone.now())

@@ -1,0 +1,224 @@
+"""HTTP in and out: capturing a response for storage, replaying it, problem+json errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.urls import NoReverseMatch, reverse
+
+from django_idempotency.conf import conf
+from django_idempotency.engine import Stored
+from django_idempotency.models import IdempotencyRecord
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+STORED_HEADERS = frozenset(
+    {"content-type", "location", "content-location", "etag", "last-modified", "link"}
+)
+# Never stored, even when they start with X-: they belong to one client or one hop.
+NEVER_STORED = frozenset(
+    {
+        "set-cookie",
+        "date",
+        "vary",
+        "authorization",
+        "www-authenticate",
+        "proxy-authenticate",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "x-csrftoken",
+    }
+)
+
+
+class Problem:
+    """One kind of failure: its own ``type`` URI, status and title."""
+
+    def __init__(self, slug: str, status: int, title: str) -> None:
+        self.slug = slug
+        self.status = status
+        self.title = title
+
+    def response(
+        self, detail: str, *, headers: dict[str, str] | None = None, **members: Any
+    ) -> HttpResponse:
+        body = {
+            "type": conf.PROBLEM_BASE_URL + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": detail,
+            **members,
+        }
+        response = HttpResponse(
+            json.dumps(body), status=self.status, content_type="application/problem+json"
+        )
+        response["Cache-Control"] = "no-store"
+        for name, value in (headers or {}).items():
+            response[name] = value
+        return response
+
+
+KEY_MISSING = Problem("idempotency-key-missing", 400, "Idempotency-Key is missing")
+KEY_INVALID = Problem("idempotency-key-invalid", 400, "Idempotency-Key is invalid")
+KEY_REUSED = Problem("idempotency-key-reused", 422, "Idempotency-Key is already used")
+IN_PROGRESS = Problem(
+    "idempotency-request-in-progress", 409, "A request is outstanding for this Idempotency-Key"
+)
+LOCK_CONFLICT = Problem(
+    "idempotency-lock-conflict", 409, "A concurrent request holds the lock for this Idempotency-Key"
+)
+LEASE_LOST = Problem(
+    "idempotency-lease-lost", 409, "This attempt was taken over by a retry of the same request"
+)
+UNAVAILABLE = Problem("idempotency-unavailable", 503, "The idempotency store is unavailable")
+NOT_STORED = Problem(
+    "idempotency-response-not-stored", 303, "The operation completed; its response was not stored"
+)
+
+
+def capture(response: HttpResponseBase, max_bytes: int | None = None) -> Stored | None:
+    """What to store of the view's response, or ``None`` if the attempt failed.
+
+    A 5xx or a DRF error response (``response.exception``) means the work failed:
+    nothing is stored and the writes roll back. A body over ``MAX_RESPONSE_BYTES``
+    (or a stream longer than that) is not stored: the operation still completes and a
+    replay answers ``303 See Other`` instead of a truncated body.
+    """
+    if response.status_code >= 500 or getattr(response, "exception", False):
+        return None
+    if callable(getattr(response, "render", None)) and not getattr(response, "is_rendered", True):
+        response.render()  # type: ignore[attr-defined]
+    limit = conf.MAX_RESPONSE_BYTES if max_bytes is None else max_bytes
+    headers = storable_headers(response)
+    if isinstance(response, StreamingHttpResponse):
+        body = _drain(response, limit)
+    else:
+        content = response.content  # type: ignore[attr-defined]
+        body = bytes(content) if len(content) <= limit else None
+    return Stored(status=response.status_code, headers=headers, body=body)
+
+
+def _drain(response: StreamingHttpResponse, limit: int) -> bytes | None:
+    """Read a stream into memory up to ``limit``; past it, let the rest stream through."""
+    if response.is_async:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    iterator = iter(response.streaming_content)  # type: ignore[arg-type]
+    for chunk in iterator:
+        chunks.append(bytes(chunk))
+        size += len(chunk)
+        if size > limit:
+            response.streaming_content = _chain(chunks, iterator)
+            return None
+    response.streaming_content = chunks
+    return b"".join(chunks)
+
+
+def _chain(first: list[bytes], rest: Iterable[Any]) -> Iterable[bytes]:
+    yield from first
+    yield from rest
+
+
+def storable_headers(response: HttpResponseBase) -> dict[str, str]:
+    stored = {}
+    for name, value in response.items():
+        lower = name.lower()
+        if lower in NEVER_STORED:
+            continue
+        if lower in STORED_HEADERS or lower.startswith("x-"):
+            stored[name] = value
+    return stored
+
+
+def replay(record: IdempotencyRecord) -> HttpResponse:
+    if record.response_body is None:
+        return _not_stored(record)
+    response = HttpResponse(bytes(record.response_body), status=record.response_status or 200)
+    if not any(name.lower() == "content-type" for name in record.response_headers):
+        del response["Content-Type"]
+    for name, value in record.response_headers.items():
+        response[name] = value
+    response[REPLAYED_HEADER] = "true"
+    return response
+
+
+def _not_stored(record: IdempotencyRecord) -> HttpResponse:
+    location = _header(record, "Location") or status_url(record)
+    extra = (
+        {"Location": location, REPLAYED_HEADER: "true"} if location else {REPLAYED_HEADER: "true"}
+    )
+    return NOT_STORED.response(
+        f"The operation completed with status {record.response_status}, but its response "
+        "was larger than MAX_RESPONSE_BYTES or streamed, so it cannot be replayed. "
+        "See the Location header.",
+        headers=extra,
+        operation=status_url(record),
+        response_status=record.response_status,
+    )
+
+
+def _header(record: IdempotencyRecord, name: str) -> str | None:
+    for stored_name, value in record.response_headers.items():
+        if stored_name.lower() == name.lower():
+            return str(value)
+    return None
+
+
+def status_url(record: IdempotencyRecord) -> str | None:
+    """The operation-status URL, if the project includes ``django_idempotency.urls``."""
+    try:
+        return reverse("django_idempotency:operation", kwargs={"pk": record.pk})
+    except NoReverseMatch:
+        return None
+
+
+def in_progress(record: IdempotencyRecord, retry_after: int) -> HttpResponse:
+    return IN_PROGRESS.response(
+        "A request with the same Idempotency-Key for the same operation is being processed. "
+        "Retry later with the same key.",
+        headers={"Retry-After": str(retry_after)},
+        operation=status_url(record),
+    )
+
+
+def mismatch(record: IdempotencyRecord) -> HttpResponse:
+    return KEY_REUSED.response(
+        "This Idempotency-Key was already used with a different request (method, path or "
+        "body). Idempotency keys must not be reused across different payloads."
+    )
+
+
+def busy(reason: str, retry_after: int) -> HttpResponse:
+    problem = LEASE_LOST if reason == "lease_lost" else LOCK_CONFLICT
+    return problem.response(
+        "Nothing was committed. Retry with the same Idempotency-Key.",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def unavailable() -> HttpResponse:
+    return UNAVAILABLE.response(
+        "The request was not processed. Retry later with the same Idempotency-Key.",
+        headers={"Retry-After": "5"},
+    )
+
+
+def missing_key() -> HttpResponse:
+    return KEY_MISSING.response(
+        f"This operation requires an {conf.HEADER} header: send a unique key (a UUID) "
+        "and reuse it when you retry."
+    )
+
+
+def invalid_key(reason: str) -> HttpResponse:
+    return KEY_INVALID.response(
+        f"{reason} An {conf.HEADER} is one string of 1-255 printable ASCII characters."
+    )

@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+from django.urls import include, path
+
+from tests.testapp import views
+
+urlpatterns = [
+    path("idempotency/", include("django_idempotency.urls")),
+    *views.urlpatterns,
+]
