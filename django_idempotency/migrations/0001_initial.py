@@ -5,6 +5,19 @@ import uuid
 from django.db import migrations, models
 
 
+def binary_keys_on_mysql(apps, schema_editor):
+    """Keys are case-sensitive: MySQL's default *_ci collations would make "abc" and
+    "ABC" one key and replay one client's response to another intent."""
+    if schema_editor.connection.vendor != "mysql":
+        return
+    table = schema_editor.quote_name("django_idempotency_record")
+    for column in ("scope", "key"):
+        schema_editor.execute(
+            f"ALTER TABLE {table} MODIFY {schema_editor.quote_name(column)} "
+            "varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL"
+        )
+
+
 class Migration(migrations.Migration):
 
     initial = True
@@ -43,4 +56,5 @@ class Migration(migrations.Migration):
                 'constraints': [models.UniqueConstraint(fields=('scope', 'key'), name='django_idempotency_scope_key')],
             },
         ),
+        migrations.RunPython(binary_keys_on_mysql, migrations.RunPython.noop, elidable=False),
     ]
