@@ -56,5 +56,5 @@ class Migration(migrations.Migration):
                 'constraints': [models.UniqueConstraint(fields=('scope', 'key'), name='django_idempotency_scope_key')],
             },
         ),
-        migrations.RunPython(binary_keys_on_mysql, migrations.RunPython.noop, elidable=False),
+        migrations.RunPython(binary_keys_on_mysql, migrations.RunPython.noop, atomic=False),
     ]
