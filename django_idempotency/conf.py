@@ -23,6 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "SCOPE": "django_idempotency.scopes.by_user",
     "MAX_RESPONSE_BYTES": 1_048_576,
     "METHODS": ("POST", "PUT", "PATCH", "DELETE"),
+    "FORM_FIELD": "idempotency_key",
     "PROBLEM_BASE_URL": "https://django-idempotency.readthedocs.io/en/latest/reference/problems/#",
 }
 
@@ -75,6 +76,11 @@ class Settings:
     @property
     def METHODS(self) -> frozenset[str]:
         return frozenset(method.upper() for method in self.get("METHODS"))
+
+    @property
+    def FORM_FIELD(self) -> str:
+        """The hidden form field read when a browser form sends no header."""
+        return str(self.get("FORM_FIELD"))
 
     @property
     def PROBLEM_BASE_URL(self) -> str:

@@ -77,7 +77,7 @@ class Guard:
                 if key is not None:
                     key = keys.parse_key(str(key))
             else:
-                key = keys.parse_key(request.META.get(conf.header_meta_key))
+                key = keys.parse_key(keys.sent_key(request))
         except keys.InvalidKey as exc:
             return responses.invalid_key(str(exc))
         if key is None:

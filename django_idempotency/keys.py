@@ -17,6 +17,7 @@ from django_idempotency.conf import conf
 
 MAX_KEY_LENGTH = 255
 MAX_SCOPE_LENGTH = 255
+FORM_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 
 class InvalidKey(ValueError):
@@ -51,6 +52,21 @@ def parse_key(raw: str | None) -> str | None:
     if len(key) > MAX_KEY_LENGTH:
         raise InvalidKey(f"The key is longer than {MAX_KEY_LENGTH} characters.")
     return key
+
+
+def sent_key(request: Any) -> str | None:
+    """The raw key: the header, else the hidden field of an HTML form (double submits)."""
+    raw = request.META.get(conf.header_meta_key)
+    if raw is not None:
+        return str(raw)
+    content_type = (getattr(request, "content_type", "") or "").lower()
+    if content_type in FORM_CONTENT_TYPES:
+        values = request.POST.getlist(conf.FORM_FIELD)
+        if len(values) > 1:
+            return ", ".join(values)  # rejected as a list
+        if values:
+            return str(values[0])
+    return None
 
 
 def _parse_sf_string(value: str) -> str:
