@@ -1,0 +1,51 @@
+"""Shared fixtures: the test views' control switches, JSON posting with a key, users."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from tests.testapp import views
+
+
+@pytest.fixture(autouse=True)
+def reset_control() -> Iterator[None]:
+    """The test views read ``views.CONTROL``; every test starts from the defaults."""
+    saved = dict(views.CONTROL)
+    yield
+    views.CONTROL.clear()
+    views.CONTROL.update(saved)
+
+
+Post = Callable[..., Any]
+
+
+def send(
+    client: Client,
+    path: str,
+    data: Any = None,
+    *,
+    key: str | None = None,
+    method: str = "post",
+    content_type: str = "application/json",
+    **headers: Any,
+) -> Any:
+    """Send ``data`` (a dict goes as JSON) with ``Idempotency-Key: key`` when given."""
+    if key is not None:
+        headers["HTTP_IDEMPOTENCY_KEY"] = key
+    body = json.dumps(data) if isinstance(data, (dict, list)) else (data or "")
+    return getattr(client, method)(path, data=body, content_type=content_type, **headers)
+
+
+@pytest.fixture
+def post(client: Client) -> Post:
+    """``post(path, data, key=...)`` through the test client."""
+
+    def _post(path: str, data: Any = None, **kwargs: Any) -> Any:
+        return send(client, path, data, **kwargs)
+
+    return _post
