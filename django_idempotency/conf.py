@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_RESPONSE_BYTES": 1_048_576,
     "METHODS": ("POST", "PUT", "PATCH", "DELETE"),
     "FORM_FIELD": "idempotency_key",
+    "PURGE_GRACE": timedelta(days=1),
     "PROBLEM_BASE_URL": "https://django-idempotency.readthedocs.io/en/latest/reference/problems/#",
 }
 
@@ -81,6 +82,18 @@ class Settings:
     def FORM_FIELD(self) -> str:
         """The hidden form field read when a browser form sends no header."""
         return str(self.get("FORM_FIELD"))
+
+    @property
+    def PURGE_GRACE(self) -> timedelta:
+        """How long past its lease an IN_PROGRESS record is kept before purge deletes it.
+
+        A record whose lease ran out is not dead yet: a retry may still take it over and
+        resume under the same operation id (``atomic=False`` work keeps its recovery
+        point and derived keys that way). After ``locked_until + PURGE_GRACE`` nobody is
+        expected to come back, and ``purge_idempotency_records`` deletes it even if its
+        ``expires_at`` is still ahead. Default: one day.
+        """
+        return self.get("PURGE_GRACE")  # type: ignore[no-any-return]
 
     @property
     def PROBLEM_BASE_URL(self) -> str:

@@ -7,7 +7,10 @@ over matches zero rows and must roll back.
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -207,6 +210,139 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
             locked_until__lte=now or timezone.now(),
         )
 
+    # Operating: purge and release, for the purge command and the admin actions.
+
+    def purgeable_expired(
+        self, now: datetime, older_than: timedelta = timedelta(0)
+    ) -> IdempotencyRecordQuerySet:
+        """Records that expired at least ``older_than`` ago and hold no live lease.
+
+        An IN_PROGRESS record whose lease is still running is never purgeable, even
+        past its ``expires_at`` (a view guarded with a ``ttl`` shorter than its lease):
+        its attempt may still commit.
+        """
+        return self.filter(expires_at__lte=now - older_than).exclude(  # type: ignore[no-any-return]
+            status=Status.IN_PROGRESS, locked_until__gt=now
+        )
+
+    def purgeable_abandoned(
+        self,
+        now: datetime,
+        older_than: timedelta = timedelta(0),
+        grace: timedelta | None = None,
+    ) -> IdempotencyRecordQuerySet:
+        """Unexpired IN_PROGRESS records whose lease ended ``max(grace, older_than)`` ago.
+
+        ``grace`` defaults to ``IDEMPOTENCY["PURGE_GRACE"]``. Records that also expired
+        belong to ``purgeable_expired``, so the two sets never overlap.
+        """
+        from django_idempotency.conf import conf
+
+        grace = conf.PURGE_GRACE if grace is None else grace
+        return self.filter(  # type: ignore[no-any-return]
+            status=Status.IN_PROGRESS,
+            locked_until__lte=now - max(grace, older_than),
+            expires_at__gt=now - older_than,
+        )
+
+    def purge(
+        self,
+        *,
+        now: datetime | None = None,
+        older_than: timedelta = timedelta(0),
+        grace: timedelta | None = None,
+        batch_size: int = 1000,
+        dry_run: bool = False,
+        on_batch: Callable[[PurgeBatch], None] | None = None,
+    ) -> PurgeResult:
+        """Delete expired records and abandoned IN_PROGRESS ones, in short batches.
+
+        Works on ``self``, so ``IdempotencyRecord.objects.purge()`` cleans the table and
+        a filtered queryset (the admin's selection) cleans only its rows. Each batch is
+        its own transaction: select up to ``batch_size`` primary keys (``FOR UPDATE
+        SKIP LOCKED`` where the database has it, so rows a request or another purge
+        holds are left alone), then delete those keys with the condition checked again.
+        Rows are never loaded into Python, only their keys. ``now`` is fixed when the
+        purge starts, so a purge always ends. ``dry_run`` only counts.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        now = now or timezone.now()
+        kinds = (
+            ("expired", self.purgeable_expired(now, older_than), ("expires_at",)),
+            (
+                "abandoned",
+                self.purgeable_abandoned(now, older_than, grace),
+                ("status", "locked_until"),
+            ),
+        )
+        result = PurgeResult(dry_run=dry_run)
+        for kind, candidates, order in kinds:
+            if dry_run:
+                result.add(kind, candidates.count())
+                continue
+            while True:
+                started = time.monotonic()
+                selected, deleted = candidates._delete_batch(order, batch_size)
+                if not selected:
+                    break
+                batch = PurgeBatch(
+                    number=result.batches + 1,
+                    kind=kind,
+                    selected=selected,
+                    deleted=deleted,
+                    seconds=time.monotonic() - started,
+                )
+                result.record(batch)
+                if on_batch is not None:
+                    on_batch(batch)
+                if selected < batch_size:
+                    break
+        return result
+
+    def release_stuck(self, now: datetime | None = None, batch_size: int = 1000) -> tuple[int, int]:
+        """Delete stuck operations so their key can be used afresh; ``(released, kept)``.
+
+        Stuck means IN_PROGRESS with its lease run out; the condition is checked again
+        in the DELETE, so an operation a retry has just taken over is left alone. The
+        next request with the key runs the operation again under a new operation id.
+        Records with a ``recovery_point`` are kept: their ``atomic=False`` work
+        reached a checkpoint, so it may already have acted outside the database, and a
+        retry that takes the record over resumes it with the same derived keys.
+        """
+        now = now or timezone.now()
+        stuck = self.stuck(now)
+        kept = stuck.exclude(recovery_point="").count()
+        released = 0
+        candidates = stuck.filter(recovery_point="")
+        while True:
+            selected, deleted = candidates._delete_batch(("status", "locked_until"), batch_size)
+            released += deleted
+            if selected < batch_size:
+                return released, kept
+
+    def _delete_batch(self, order: tuple[str, ...], batch_size: int) -> tuple[int, int]:
+        """One short transaction: pick up to ``batch_size`` keys, delete them if still matching.
+
+        Returns ``(selected, deleted)``. The keys go to Python and back (MySQL cannot
+        ``DELETE ... WHERE id IN (SELECT ... LIMIT)`` on one table), in chunks that
+        respect the database's parameter limit.
+        """
+        connection = connections[self.db]
+        selection = self.order_by(*order)
+        if connection.features.has_select_for_update_skip_locked:
+            selection = selection.select_for_update(skip_locked=True)
+        limit = connection.features.max_query_params
+        chunk = max(limit - 50, 1) if limit else batch_size
+        label = self.model._meta.label
+        with transaction.atomic(using=self.db):
+            ids = list(selection.values_list("pk", flat=True)[:batch_size])
+            deleted = 0
+            for start in range(0, len(ids), chunk):
+                rows = self.filter(pk__in=ids[start : start + chunk]).only("pk")
+                deleted += rows.delete()[1].get(label, 0)
+        return len(ids), deleted
+
 
 class IdempotencyRecord(models.Model):
     Status = Status
@@ -252,3 +388,37 @@ class IdempotencyRecord(models.Model):
 
     def lease_is_live(self, now: datetime | None = None) -> bool:
         return self.locked_until is not None and self.locked_until > (now or timezone.now())
+
+
+@dataclass(frozen=True)
+class PurgeBatch:
+    """One batch of ``IdempotencyRecordQuerySet.purge``, as passed to ``on_batch``."""
+
+    number: int
+    kind: str  # "expired" or "abandoned"
+    selected: int
+    deleted: int
+    seconds: float  # the batch's whole transaction, selection and delete
+
+
+@dataclass
+class PurgeResult:
+    """What ``purge`` did (or, with ``dry_run``, would do)."""
+
+    dry_run: bool = False
+    expired: int = 0
+    abandoned: int = 0
+    batches: int = 0
+    longest_batch: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return self.expired + self.abandoned
+
+    def add(self, kind: str, count: int) -> None:
+        setattr(self, kind, getattr(self, kind) + count)
+
+    def record(self, batch: PurgeBatch) -> None:
+        self.add(batch.kind, batch.deleted)
+        self.batches += 1
+        self.longest_batch = max(self.longest_batch, batch.seconds)
