@@ -222,3 +222,49 @@ def invalid_key(reason: str) -> HttpResponse:
     return KEY_INVALID.response(
         f"{reason} An {conf.HEADER} is one string of 1-255 printable ASCII characters."
     )
+
+
+OPERATION_NOT_FOUND = Problem("operation-not-found", 404, "No such operation")
+OPERATION_METHOD_NOT_ALLOWED = Problem("method-not-allowed", 405, "Method not allowed")
+OPERATION_UNAUTHENTICATED = Problem("not-authenticated", 401, "Authentication failed")
+
+
+def accepted(operation: Any, data: Any = None, *, retry_after: int | None = None) -> HttpResponse:
+    """``202 Accepted`` with ``Location`` at the operation's status URL.
+
+    For a guarded view whose work goes on after the response (a queued task, a
+    provider's webhook)::
+
+        @idempotent
+        def start_export(request):
+            enqueue_export(request.idempotency.id)
+            return accepted(request.idempotency)
+
+    ``operation`` is ``request.idempotency`` (or a record). The 202 itself is what
+    the guard stores, so a retry of the same request gets the same 202 and
+    ``Location`` back, and the status endpoint reports the *request's* record: once
+    the view returned, ``status`` is ``completed`` and ``response_status`` is 202.
+    The continuing work reports its own progress (put its URL in ``data``). The body
+    is ``data`` as JSON, by default ``{"id": ..., "operation": <status URL>}``;
+    ``retry_after`` adds a ``Retry-After`` polling hint in seconds. Needs
+    ``django_idempotency.urls`` in the project's URLconf.
+    """
+    from django.core.exceptions import ImproperlyConfigured
+    from django.core.serializers.json import DjangoJSONEncoder
+
+    pk = getattr(operation, "id", None) or getattr(operation, "pk", None)
+    try:
+        location = reverse("django_idempotency:operation", kwargs={"pk": pk})
+    except NoReverseMatch:
+        raise ImproperlyConfigured(
+            "accepted() points Location at the operation-status endpoint: include "
+            'path("idempotency/", include("django_idempotency.urls")) in your URLconf.'
+        ) from None
+    body = {"id": str(pk), "operation": location} if data is None else data
+    response = HttpResponse(
+        json.dumps(body, cls=DjangoJSONEncoder), status=202, content_type="application/json"
+    )
+    response["Location"] = location
+    if retry_after is not None:
+        response["Retry-After"] = str(retry_after)
+    return response

@@ -1,13 +1,152 @@
-"""Operation-status endpoint (placeholder until the status endpoint issue lands)."""
+"""Operation-status endpoint: what became of my request with this key?
+
+It answers only inside the caller's scope, computed by the same scope function as the
+guarded views (``IDEMPOTENCY["SCOPE"]``), and gives one identical 404 for a record that
+does not exist, belongs to another scope or has expired, so nobody can probe for other
+scopes' keys or operation ids. Records are read from the records' write database,
+never a replica: a stale "no such operation" would send a client to retry work that
+is running.
+
+Session users are recognised by Django's ``AuthenticationMiddleware``; API clients by
+DRF's ``DEFAULT_AUTHENTICATION_CLASSES`` (token, basic, ...) when DRF is installed, so
+a token-authenticated client sees the records its guarded DRF views created.
+"""
 
 from __future__ import annotations
 
-from django.http import Http404, HttpRequest, HttpResponse
+import functools
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from django.apps import apps
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
+
+from django_idempotency import engine, keys, responses
+from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet
+
+ALLOWED_METHODS = ("GET", "HEAD")
+FIELDS = (
+    "id",
+    "key",
+    "status",
+    "attempts",
+    "created_at",
+    "completed_at",
+    "expires_at",
+    "locked_until",
+    "response_status",
+)
+NOT_FOUND_DETAIL = "No operation with this id or key exists in your scope, or it has expired."
+
+View = Callable[..., HttpResponse]
 
 
-def operation(request: HttpRequest, pk: object) -> HttpResponse:
-    raise Http404
+def status_view(view: View) -> View:
+    """GET and HEAD only, never cached, outside ``ATOMIC_REQUESTS``."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.method in ALLOWED_METHODS:
+            response = view(request, *args, **kwargs)
+        else:
+            response = responses.OPERATION_METHOD_NOT_ALLOWED.response(
+                f"The operation-status endpoint answers GET and HEAD, not {request.method}.",
+                headers={"Allow": ", ".join(ALLOWED_METHODS)},
+            )
+        response["Cache-Control"] = "no-store"
+        return response
+
+    return transaction.non_atomic_requests(wrapper)
 
 
+@status_view
+def operation(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+    """``GET <prefix>/operations/<uuid>/``: the operation by its id."""
+    caller = authenticated(request)
+    if isinstance(caller, HttpResponse):
+        return caller
+    return describe(records().filter(pk=pk, scope=keys.compute_scope(caller)))
+
+
+@status_view
 def operation_by_key(request: HttpRequest) -> HttpResponse:
-    raise Http404
+    """``GET <prefix>/operations/?key=<key>``: the operation by the key the client sent.
+
+    ``key`` is the key itself (URL-encoded), not its header encoding.
+    """
+    caller = authenticated(request)
+    if isinstance(caller, HttpResponse):
+        return caller
+    values = request.GET.getlist("key")
+    if not values:
+        return responses.KEY_MISSING.response(
+            "Name the operation with ?key=<the Idempotency-Key you sent>."
+        )
+    problem = key_problem(values)
+    if problem:
+        return responses.KEY_INVALID.response(
+            f"{problem} A key is one string of 1-{keys.MAX_KEY_LENGTH} printable ASCII characters."
+        )
+    return describe(records().filter(key=values[0], scope=keys.compute_scope(caller)))
+
+
+def key_problem(values: list[str]) -> str | None:
+    if len(values) > 1:
+        return "Send exactly one key."
+    key = values[0]
+    if not key:
+        return "The key is empty."
+    if len(key) > keys.MAX_KEY_LENGTH:
+        return f"The key is longer than {keys.MAX_KEY_LENGTH} characters."
+    if any(not ("\x20" <= char <= "\x7e") for char in key):
+        return "The key may contain printable ASCII characters only."
+    return None
+
+
+def records() -> IdempotencyRecordQuerySet:
+    found: IdempotencyRecordQuerySet = IdempotencyRecord.objects.using(engine.records_database())
+    return found
+
+
+def describe(candidates: IdempotencyRecordQuerySet) -> HttpResponse:
+    found = candidates.filter(expires_at__gt=timezone.now()).values(*FIELDS).first()
+    if found is None:
+        return responses.OPERATION_NOT_FOUND.response(NOT_FOUND_DETAIL)
+    found["id"] = str(found["id"])
+    return JsonResponse(found)
+
+
+def authenticated(request: HttpRequest) -> Any:
+    """The request the scope is computed on; a 401 problem for bad API credentials.
+
+    A session user comes from ``AuthenticationMiddleware``. When the Django user is
+    anonymous and DRF is installed, DRF's default authenticators get their turn, as
+    they would in a DRF view: a valid token or basic credential becomes the user,
+    invalid credentials get 401 instead of silently seeing the anonymous scope.
+    """
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        return request
+    if not apps.is_installed("rest_framework"):
+        return request
+    try:
+        from rest_framework.exceptions import APIException
+        from rest_framework.request import Request
+        from rest_framework.settings import api_settings
+    except ImportError:
+        return request
+    classes: list[Any] = list(api_settings.DEFAULT_AUTHENTICATION_CLASSES)
+    authenticators = [auth() for auth in classes]
+    api_request = Request(request, authenticators=authenticators)
+    try:
+        api_request.user  # noqa: B018  (runs the authenticators)
+    except APIException as exc:
+        challenges = [auth.authenticate_header(api_request) for auth in authenticators]
+        challenge = next((header for header in challenges if header), None)
+        return responses.OPERATION_UNAUTHENTICATED.response(
+            str(exc.detail), headers={"WWW-Authenticate": challenge} if challenge else None
+        )
+    return api_request
