@@ -86,8 +86,10 @@ def _parse_sf_string(value: str) -> str:
             if rest:
                 raise InvalidKey("The key must be a single string without parameters.")
             return "".join(chars)
-        elif not ("\x20" <= char <= "\x7e"):
-            raise InvalidKey("The key may contain printable ASCII characters only.")
+        elif not ("\x21" <= char <= "\x7e"):
+            # Stricter than an sf-string: a quoted key obeys the same charset as a bare
+            # one, so '"a b"' is refused like 'a b' and '"   "' is not a key.
+            raise InvalidKey("The key may contain printable ASCII characters only, no spaces.")
         else:
             chars.append(char)
         index += 1
