@@ -382,3 +382,71 @@ def _send(signal: Any, record: IdempotencyRecord | None, intent: Intent, **extra
         signal.send(
             sender=IdempotencyRecord, record=record, scope=intent.scope, key=intent.key, **extra
         )
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """This attempt holds the claim inside the block's open transaction: do the work."""
+
+    operation: Operation
+
+
+class Block:
+    """Single-transaction mode for a block of code instead of a callable (``once``).
+
+    ``with Block(intent, policy) as outcome:`` opens one transaction and claims the key
+    in it. When ``outcome`` is ``Claimed``, the block's writes share that transaction:
+    set ``stored`` before the block ends and the record is finalized in the same
+    transaction, so "done" commits with the writes or not at all. An exception in the
+    block, or ``stored`` left ``None``, rolls both back and leaves no record. Any other
+    outcome means the work must not run; the block's transaction then has nothing to
+    commit. A crash anywhere inside leaves nothing behind: the database rolls back.
+    """
+
+    def __init__(self, intent: Intent, policy: Policy) -> None:
+        self.intent = intent
+        self.policy = policy
+        self.stored: Stored | None = None
+        self._records = IdempotencyRecord.objects.using(records_database())
+        self._atomic: transaction.Atomic | None = None
+        self._claimed: IdempotencyRecord | None = None
+
+    def __enter__(self) -> Claimed | Replay | InProgress | Mismatch | Busy | Unavailable:
+        records = self._records
+        atomic = transaction.atomic(using=records.db)
+        atomic.__enter__()
+        try:
+            records.bound_lock_wait(self.policy.wait or self.policy.lease)
+            claimed = _claim(records, self.intent, self.policy)
+        except DatabaseError as exc:
+            atomic.__exit__(type(exc), exc, exc.__traceback__)
+            return _database_failure(exc, self.intent)
+        except BaseException as exc:
+            atomic.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._atomic = atomic
+        if not isinstance(claimed, IdempotencyRecord):
+            return claimed
+        self._claimed = claimed
+        return Claimed(Operation(claimed, records))
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        atomic, self._atomic = self._atomic, None
+        if atomic is None:
+            return
+        record = self._claimed
+        finalized = False
+        if exc is None and record is not None:
+            try:
+                if self.stored is None:
+                    transaction.set_rollback(True, using=self._records.db)
+                elif _finalize(self._records, record, self.stored, self.policy):
+                    finalized = True
+                else:
+                    raise LeaseLost(f"operation {record.pk} was taken over")
+            except BaseException as error:
+                atomic.__exit__(type(error), error, error.__traceback__)
+                raise
+        atomic.__exit__(exc_type, exc, traceback)
+        if finalized and record is not None:
+            _send(signals.operation_completed, record, self.intent)
