@@ -7,15 +7,18 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from django.db import connections, router
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import path
 from rest_framework import serializers, status, viewsets
-from rest_framework.permissions import IsAuthenticated
+from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from django_idempotency.decorators import idempotent
 from django_idempotency.drf import IdempotentMixin
+from django_idempotency.scopes import by_user_or_session
 from tests.testapp.models import Charge, Order
 
 # Tests set these to steer the views (sleep inside the transaction, fail, ...).
@@ -46,7 +49,7 @@ def _created(order: Order) -> JsonResponse:
 
 
 @idempotent
-def create_order(request: HttpRequest) -> HttpResponse:
+def create_order(request: HttpRequest, **kwargs: Any) -> HttpResponse:
     return _created(_create(request))
 
 
@@ -170,4 +173,155 @@ urlpatterns = [
         OrderViewSet.as_view({"get": "retrieve", "patch": "partial_update", "put": "update"}),
     ),
     path("api/validating/", ValidatingOrderView.as_view()),
+]
+
+
+# Views added for the behavioural suite (tests/test_contract.py and friends).
+
+
+@idempotent
+def headers_view(request: HttpRequest) -> HttpResponse:
+    """Sets every kind of header: the allow-listed ones, its own X- ones, and the
+    ones that must never be stored (per-client, per-hop)."""
+    order = _create(request)
+    response = JsonResponse({"id": order.pk}, status=201)
+    response["Location"] = f"/orders/{order.pk}/"
+    response["Content-Location"] = f"/orders/{order.pk}/"
+    response["ETag"] = '"v1"'
+    response["Last-Modified"] = "Wed, 21 Oct 2015 07:28:00 GMT"
+    response["Link"] = '</orders/>; rel="collection"'
+    response["X-Order-Id"] = str(order.pk)
+    response["X-Custom"] = "kept"
+    response["Cache-Control"] = "private"
+    response["Date"] = "Wed, 21 Oct 2015 07:28:00 GMT"
+    response["Vary"] = "Accept-Language"
+    response["Connection"] = "close"
+    response["Keep-Alive"] = "timeout=5"
+    response["Transfer-Encoding"] = "chunked"
+    response["Upgrade"] = "h2c"
+    response["Trailer"] = "Expires"
+    response["Proxy-Authenticate"] = "Basic"
+    response["WWW-Authenticate"] = "Basic"
+    response.set_cookie("tracking", "abc")
+    return response
+
+
+def _fail_if_told() -> HttpResponse | None:
+    failure = CONTROL.get("fail")
+    if failure == "raise":
+        raise RuntimeError("the view failed")
+    if failure:
+        return HttpResponse("failed", status=int(failure))
+    return None
+
+
+@idempotent
+def flaky_order(request: HttpRequest) -> HttpResponse:
+    """Writes, then fails as ``CONTROL["fail"]`` says ("raise" or a status code)."""
+    order = _create(request)
+    return _fail_if_told() or _created(order)
+
+
+def create_order_bare(request: HttpRequest) -> HttpResponse:
+    """The unguarded twin of ``create_order``: the query budget's baseline."""
+    return _created(_create(request))
+
+
+@idempotent(atomic=False)
+def create_order_nonatomic(request: HttpRequest) -> HttpResponse:
+    return _created(_create(request))
+
+
+@idempotent(scope=by_user_or_session)
+def create_order_session(request: HttpRequest) -> HttpResponse:
+    return _created(_create(request))
+
+
+@idempotent
+def stream_chunks(request: HttpRequest) -> StreamingHttpResponse:
+    """Streams ``CONTROL["chunks"]`` after a write; no Location header."""
+    _create(request)
+    return StreamingHttpResponse(iter(list(CONTROL.get("chunks", [b"abc"]))), status=201)
+
+
+@idempotent
+def atomic_probe(request: HttpRequest) -> HttpResponse:
+    """Reports how many atomic blocks the view runs inside (ATOMIC_REQUESTS tests)."""
+    connection = connections[router.db_for_write(Order)]
+    CONTROL["atomic_blocks"] = len(connection.atomic_blocks)
+    return _created(_create(request))
+
+
+@idempotent
+async def flaky_order_async(request: HttpRequest) -> HttpResponse:
+    payload = json.loads(request.body or b"{}")
+    order = await Order.objects.acreate(reference=str(payload.get("reference", "")), amount=1)
+    return _fail_if_told() or JsonResponse({"id": order.pk}, status=201)
+
+
+class DenyAll(BasePermission):
+    def has_permission(self, request: Any, view: Any) -> bool:
+        return False
+
+
+class AlwaysThrottled(BaseThrottle):
+    def allow_request(self, request: Any, view: Any) -> bool:
+        return False
+
+    def wait(self) -> float:
+        return 7.0
+
+
+class DeniedOrderView(IdempotentMixin, APIView):
+    permission_classes = [DenyAll]
+
+    def post(self, request: Any) -> Response:
+        Order.objects.create(reference="denied")
+        return Response({}, status=status.HTTP_201_CREATED)
+
+
+class ThrottledOrderView(IdempotentMixin, APIView):
+    throttle_classes = [AlwaysThrottled]
+
+    def post(self, request: Any) -> Response:
+        Order.objects.create(reference="throttled")
+        return Response({}, status=status.HTTP_201_CREATED)
+
+
+class ApiOrderView(IdempotentMixin, APIView):
+    """A plain APIView guarding POST only; fails as ``CONTROL["fail"]`` says."""
+
+    idempotent_actions = {"post"}
+
+    def post(self, request: Any) -> Response:
+        order = Order.objects.create(
+            reference=str(request.data.get("reference", "")),
+            owner=str(request.user.pk) if request.user.is_authenticated else "",
+        )
+        failure = CONTROL.get("fail")
+        if failure == "raise":
+            raise RuntimeError("the view failed")
+        if failure == "drf-error":
+            raise serializers.ValidationError({"reference": ["rejected after the write"]})
+        if failure:
+            return Response({"failed": True}, status=int(failure))
+        return Response({"id": order.pk, "owner": order.owner}, status=status.HTTP_201_CREATED)
+
+    def delete(self, request: Any) -> Response:
+        Order.objects.create(reference="deleted")
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+urlpatterns += [
+    path("orders/headers/", headers_view),
+    path("orders/flaky/", flaky_order),
+    path("orders/bare/", create_order_bare),
+    path("orders/nonatomic/", create_order_nonatomic),
+    path("orders/session/", create_order_session),
+    path("orders/stream/chunks/", stream_chunks),
+    path("orders/probe/", atomic_probe),
+    path("orders/async/flaky/", flaky_order_async),
+    path("api/denied/", DeniedOrderView.as_view()),
+    path("api/throttled/", ThrottledOrderView.as_view()),
+    path("api/plain/", ApiOrderView.as_view()),
 ]
