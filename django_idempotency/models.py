@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
-from django.db import IntegrityError, connections, models, transaction
+from django.db import IntegrityError, connections, models, router, transaction
 from django.db.models import F
 from django.db.models.constants import OnConflict
 from django.db.models.sql import InsertQuery
@@ -268,11 +268,12 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         now = now or timezone.now()
+        records = self._on_write_database()
         kinds = (
-            ("expired", self.purgeable_expired(now, older_than), ("expires_at",)),
+            ("expired", records.purgeable_expired(now, older_than), ("expires_at",)),
             (
                 "abandoned",
-                self.purgeable_abandoned(now, older_than, grace),
+                records.purgeable_abandoned(now, older_than, grace),
                 ("status", "locked_until"),
             ),
         )
@@ -311,7 +312,7 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         retry that takes the record over resumes it with the same derived keys.
         """
         now = now or timezone.now()
-        stuck = self.stuck(now)
+        stuck = self._on_write_database().stuck(now)
         kept = stuck.exclude(recovery_point="").count()
         released = 0
         candidates = stuck.filter(recovery_point="")
@@ -320,6 +321,12 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
             released += deleted
             if selected < batch_size:
                 return released, kept
+
+    def _on_write_database(self) -> IdempotencyRecordQuerySet:
+        """Deletes must select on the database they delete from, never a replica."""
+        alias: str | None = getattr(self, "_db", None)  # set by .using()
+        records: IdempotencyRecordQuerySet = self.using(alias or router.db_for_write(self.model))
+        return records
 
     def _delete_batch(self, order: tuple[str, ...], batch_size: int) -> tuple[int, int]:
         """One short transaction: pick up to ``batch_size`` keys, delete them if still matching.

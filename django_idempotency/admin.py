@@ -1,0 +1,241 @@
+"""A read-only admin for idempotency records: look, filter, release stuck, purge expired.
+
+A record is the evidence of what a client was answered. Editing one could replay a
+different answer to a retry, and deleting a live one could run a side effect twice, so
+nothing here edits or deletes a record one by one. The two actions only delete what
+the engine itself would treat as gone: stuck operations (lease ended) and expired
+records.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from django.contrib import admin, messages
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest
+from django.template.defaultfilters import filesizeformat
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+from django.utils.translation import gettext_lazy as _
+
+from django_idempotency import engine
+from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet, Status
+
+SHOWN_BODY_CHARS = 100_000
+
+if TYPE_CHECKING:
+    ModelAdmin = admin.ModelAdmin[IdempotencyRecord]
+else:
+    ModelAdmin = admin.ModelAdmin  # not subscriptable at run time
+
+
+class ExpiredFilter(admin.SimpleListFilter):
+    title = _("expired")
+    parameter_name = "expired"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("yes", _("Yes")), ("no", _("No"))]
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[IdempotencyRecord]
+    ) -> QuerySet[IdempotencyRecord]:
+        expired = Q(expires_at__lte=timezone.now())
+        return choose(queryset, self.value(), expired)
+
+
+class StuckFilter(admin.SimpleListFilter):
+    """IN_PROGRESS past its lease: the attempt crashed, hangs, or its client gave up."""
+
+    title = _("stuck")
+    parameter_name = "stuck"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("yes", _("Yes")), ("no", _("No"))]
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[IdempotencyRecord]
+    ) -> QuerySet[IdempotencyRecord]:
+        stuck = Q(status=Status.IN_PROGRESS, locked_until__lte=timezone.now())
+        return choose(queryset, self.value(), stuck)
+
+
+def choose(
+    queryset: QuerySet[IdempotencyRecord], value: Any, condition: Q
+) -> QuerySet[IdempotencyRecord]:
+    chosen: QuerySet[IdempotencyRecord] = queryset
+    if value == "yes":
+        chosen = queryset.filter(condition)
+    elif value == "no":
+        chosen = queryset.exclude(condition)
+    return chosen
+
+
+@admin.register(IdempotencyRecord)
+class IdempotencyRecordAdmin(ModelAdmin):
+    RELEASED = "Released %(count)d stuck operation(s): the next request with the key runs again."
+    KEPT = (
+        "Kept %(count)d stuck operation(s) with a recovery point: their atomic=False work "
+        "may have acted outside the database, so a retry takes them over instead."
+    )
+    NOTHING_STUCK = "None of the selected records is a stuck operation."
+    PURGED = "Purged %(expired)d expired and %(abandoned)d abandoned record(s)."
+    NOTHING_EXPIRED = "None of the selected records has expired."
+
+    list_display = (
+        "key",
+        "scope",
+        "status",
+        "method",
+        "route",
+        "response_status",
+        "attempts",
+        "created_at",
+        "expires_at",
+    )
+    list_filter = ("status", ExpiredFilter, StuckFilter)
+    search_fields = ("key", "scope")
+    search_help_text = _("Search by key or scope (user:<pk>, anonymous, ...).")
+    date_hierarchy = "created_at"
+    ordering = ("-created_at",)
+    list_per_page = 50
+    show_full_result_count = False
+    actions = ("release_stuck", "purge_expired")
+    fieldsets = (
+        (None, {"fields": ("id", "key", "scope", "status", "method", "route", "fingerprint")}),
+        (
+            _("Attempt"),
+            {"fields": ("attempts", "lease", "lease_token", "locked_until", "recovery_point")},
+        ),
+        (
+            _("Stored response"),
+            {"fields": ("response_status", "stored_headers", "stored_size", "stored_body")},
+        ),
+        (_("Dates"), {"fields": ("created_at", "completed_at", "expires_at")}),
+    )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [str(name) for _title, options in self.fieldsets for name in options["fields"]]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[IdempotencyRecord]:
+        records: QuerySet[IdempotencyRecord] = super().get_queryset(request)
+        records = records.using(engine.records_database())
+        match = request.resolver_match
+        if match is None or match.url_name != self._url_name("change"):
+            records = records.defer("response_body", "response_headers")
+        return records
+
+    def _url_name(self, view: str) -> str:
+        return f"{self.opts.app_label}_{self.opts.model_name}_{view}"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Only the actions delete, and only for users allowed to delete records."""
+        if obj is not None:
+            return False
+        return super().has_delete_permission(request)
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    @admin.action(description=_("Release selected stuck operations"), permissions=["delete"])
+    def release_stuck(self, request: HttpRequest, queryset: IdempotencyRecordQuerySet) -> None:
+        released, kept = queryset.release_stuck()
+        if released:
+            self.message_user(request, self.RELEASED % {"count": released}, messages.SUCCESS)
+        if kept:
+            self.message_user(request, self.KEPT % {"count": kept}, messages.WARNING)
+        if not released and not kept:
+            self.message_user(request, self.NOTHING_STUCK, messages.WARNING)
+
+    @admin.action(description=_("Purge selected expired records"), permissions=["delete"])
+    def purge_expired(self, request: HttpRequest, queryset: IdempotencyRecordQuerySet) -> None:
+        result = queryset.purge()
+        if result.total:
+            counts = {"expired": result.expired, "abandoned": result.abandoned}
+            self.message_user(request, self.PURGED % counts, messages.SUCCESS)
+        else:
+            self.message_user(request, self.NOTHING_EXPIRED, messages.WARNING)
+
+    @admin.display(description=_("lease"))
+    def lease(self, obj: IdempotencyRecord) -> str:
+        if obj.status != Status.IN_PROGRESS or obj.locked_until is None:
+            return "-"
+        if obj.lease_is_live():
+            return str(_("live"))
+        return str(_("ran out: stuck"))
+
+    @admin.display(description=_("headers"))
+    def stored_headers(self, obj: IdempotencyRecord) -> SafeString | str:
+        headers = obj.response_headers or {}
+        if not headers:
+            return "-"
+        rows = format_html_join(
+            "", "<tr><th>{}</th><td>{}</td></tr>", ((k, v) for k, v in headers.items())
+        )
+        return format_html("<table>{}</table>", rows)
+
+    @admin.display(description=_("body size"))
+    def stored_size(self, obj: IdempotencyRecord) -> str:
+        if obj.response_body is None:
+            return "-"
+        size = len(bytes(obj.response_body))
+        if size < 1024:
+            return f"{size} bytes"
+        return f"{filesizeformat(size)} ({size} bytes)"
+
+    @admin.display(description=_("body"))
+    def stored_body(self, obj: IdempotencyRecord) -> SafeString | str:
+        if obj.response_body is None:
+            if obj.status == Status.IN_PROGRESS:
+                return str(_("No response yet: the operation is in progress."))
+            return str(
+                _("Not stored: larger than MAX_RESPONSE_BYTES or streamed; replays answer 303.")
+            )
+        body = bytes(obj.response_body)
+        if not body:
+            return str(_("(empty)"))
+        text = readable(body, content_type(obj))
+        if text is None:
+            return str(_("%(size)s of binary data.") % {"size": filesizeformat(len(body))})
+        if len(text) > SHOWN_BODY_CHARS:
+            note = _("(first %(count)d characters shown)") % {"count": SHOWN_BODY_CHARS}
+            return format_html(
+                '<pre style="white-space: pre-wrap">{}</pre><p>{}</p>',
+                text[:SHOWN_BODY_CHARS],
+                note,
+            )
+        return format_html('<pre style="white-space: pre-wrap">{}</pre>', text)
+
+
+def content_type(record: IdempotencyRecord) -> str:
+    for name, value in (record.response_headers or {}).items():
+        if name.lower() == "content-type":
+            return str(value).lower()
+    return ""
+
+
+def readable(body: bytes, content_type: str) -> str | None:
+    """Pretty-printed JSON, else the text, else ``None`` for binary data."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    media_type = content_type.split(";")[0].strip()
+    if not media_type or media_type.endswith("json"):
+        try:
+            return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+        except (ValueError, RecursionError):
+            pass
+    if any(char < " " and char not in "\t\r\n" for char in text):
+        return None
+    return text
