@@ -7,4 +7,5 @@ from tests.testapp import views
 urlpatterns = [
     path("idempotency/", include("django_idempotency.urls")),
     *views.urlpatterns,
+    path("fuzz/", include("tests.testapp.fuzz_views")),
 ]
