@@ -7,5 +7,6 @@ from tests.testapp import views
 urlpatterns = [
     path("idempotency/", include("django_idempotency.urls")),
     *views.urlpatterns,
+    path("", include("tests.testapp.race_views")),
     path("fuzz/", include("tests.testapp.fuzz_views")),
 ]

@@ -1,0 +1,88 @@
+"""Concurrent duplicates of one key: the view runs once, everyone else gets 409 or the
+stored answer, never a 500 and never a second business row."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from django_idempotency.models import IdempotencyRecord
+from tests.concurrency.outcomes import assert_conflict, assert_ran_once
+from tests.concurrency.threads import send, together
+from tests.testapp.models import Order
+
+pytestmark = [pytest.mark.concurrency, pytest.mark.django_db(transaction=True)]
+
+THREADS = 12
+ROUNDS = 5
+
+
+def new_key(label: str) -> str:
+    return f"{label}-{uuid.uuid4()}"
+
+
+@pytest.mark.parametrize("path", ["/race/two-phase/", "/race/non-atomic/"])
+def test_duplicates_of_a_slow_view_run_it_once(path: str, race: dict[str, object]) -> None:
+    race["sleep"] = 0.3
+    for _round in range(ROUNDS):
+        key = new_key("slow")
+        results = together(THREADS, lambda _i, key=key: send(path, key))
+        executed = assert_ran_once(results, key)
+        assert send(path, key).body == executed.body  # and a late retry replays it
+
+
+def test_duplicates_are_answered_while_the_first_still_runs(vendor: str) -> None:
+    """Two-phase: the claim commits first, so duplicates get 409 without waiting."""
+    from tests.concurrency.threads import Worker
+    from tests.testapp.race_views import RACE, Hold
+
+    hold = RACE["inside"] = Hold()
+    key = new_key("early")
+    first = Worker(lambda: send("/race/held/two-phase/", key))
+    hold.wait_entered()
+    results = together(THREADS - 1, lambda _i: send("/race/held/two-phase/", key))
+    for reply in results:
+        assert_conflict(reply, "idempotency-request-in-progress")
+    hold.release()
+    assert first.result().status == 201
+    assert Order.objects.filter(reference=key).count() == 1
+
+
+def test_single_transaction_duplicates_wait_then_replay(race: dict[str, object]) -> None:
+    """Duplicates wait on the unique index and replay; MariaDB may refuse some with a
+    deadlock on the duplicate-key S-lock, which must be a 409."""
+    race["sleep"] = 0.3
+    for _round in range(ROUNDS):
+        key = new_key("single")
+        results = together(THREADS, lambda _i, key=key: send("/race/single/", key))
+        assert_ran_once(results, key)
+
+
+@pytest.mark.parametrize("path", ["/race/two-phase/", "/race/single/", "/race/non-atomic/"])
+def test_duplicates_released_together_run_once(path: str) -> None:
+    """No sleep: every thread reaches the claim at the same instant, many times."""
+    for _round in range(15):
+        key = new_key("burst")
+        results = together(THREADS, lambda _i, key=key: send(path, key))
+        assert_ran_once(results, key)
+
+
+@pytest.mark.parametrize(
+    "path", ["/race/meet/two-phase/", "/race/meet/single/", "/race/meet/non-atomic/"]
+)
+def test_different_keys_do_not_block_each_other(
+    path: str, race: dict[str, object], vendor: str
+) -> None:
+    """Both requests must be inside their transactions at once to pass the barrier."""
+    if vendor == "sqlite" and "non-atomic" not in path:
+        pytest.skip("SQLite has one writer: two write transactions cannot overlap")
+    for _round in range(3):
+        race["barrier"] = threading.Barrier(2)
+        keys = [new_key("left"), new_key("right")]
+        results = together(2, lambda i, keys=keys: send(path, keys[i]))
+        assert [reply.status for reply in results] == [201, 201], results
+        for key in keys:
+            assert Order.objects.filter(reference=key).count() == 1
+    assert IdempotencyRecord.objects.filter(status="completed").count() == 6
