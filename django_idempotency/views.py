@@ -25,6 +25,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 
 from django_idempotency import engine, keys, responses
+from django_idempotency.guard import opt_out_of_atomic_requests
 from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet
 
 ALLOWED_METHODS = ("GET", "HEAD")
@@ -45,7 +46,8 @@ View = Callable[..., HttpResponse]
 
 
 def status_view(view: View) -> View:
-    """GET and HEAD only, never cached, outside ``ATOMIC_REQUESTS``."""
+    """GET and HEAD only, never cached, outside ``ATOMIC_REQUESTS`` on the default and
+    the records' database (resolved per request, like the guarded views)."""
 
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -59,7 +61,8 @@ def status_view(view: View) -> View:
         response["Cache-Control"] = "no-store"
         return response
 
-    return transaction.non_atomic_requests(wrapper)
+    opted_out: View = opt_out_of_atomic_requests(transaction.non_atomic_requests(wrapper))
+    return opted_out
 
 
 @status_view
