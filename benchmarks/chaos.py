@@ -1,0 +1,505 @@
+"""Chaos suite: duplicates, client timeouts and SIGKILLed workers against real databases.
+
+gunicorn serves ``benchsite`` (4 sync workers) against PostgreSQL or MariaDB. Client
+threads send a few thousand "create payment" intents, each 1-4 times (some copies at
+once, the rest one after another), through the three transaction modes. Some requests
+are slow on purpose and the client timeout is shorter, so clients retry requests that
+are still running. Every 0.5-2 s a worker is killed with SIGKILL, preferably one inside
+the business transaction or between the external call and finalize. Clients retry an
+intent until they get a definitive answer (not 409, not 5xx, not a dropped connection).
+
+Then, for every intent: exactly one payment row, every answer the client received is
+byte-identical to the stored response, and for ``atomic=False`` the fake provider saw
+one charge (the derived key deduplicated the retries that took over).
+
+Commands::
+
+    python benchmarks/chaos.py --ci --database postgres      # a few hundred intents
+    python benchmarks/chaos.py --ci --database mariadb
+    python benchmarks/chaos.py --database all                # full run: 3,000 intents each
+
+    python benchmarks/chaos.py --ci --control --database postgres   # must find duplicates
+
+Exit status 1 if any intent was duplicated, lost or answered inconsistently (with
+``--control``: if the checker found no duplicate on the unguarded endpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import serve
+
+DATABASE = "idem_chaos"
+MODES = {"two_phase": 0.35, "single": 0.25, "non_atomic": 0.40}
+PATHS = {
+    "two_phase": "/chaos/two-phase/",
+    "single": "/chaos/single/",
+    "non_atomic": "/chaos/non-atomic/",
+    "unguarded": "/chaos/unguarded/",
+}
+KILL_WINDOWS = {
+    "two_phase:in-transaction",
+    "single:in-transaction",
+    "unguarded:in-transaction",
+    "non_atomic:charged",
+    "non_atomic:recorded",
+}
+
+
+# ---------------------------------------------------------------- the fake provider
+
+
+class Provider:
+    """A payment provider that deduplicates charges on the ``Idempotency-Key`` it gets."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.charges: dict[str, dict[str, Any]] = {}
+        handler = self._handler()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}/charges"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                key = self.headers["Idempotency-Key"]
+                with provider.lock:
+                    charge = provider.charges.get(key)
+                    if charge is None:
+                        charge = {"id": f"ch_{len(provider.charges) + 1}", "calls": 0, **body}
+                        provider.charges[key] = charge
+                    charge["calls"] += 1
+                answer = json.dumps({"charge": charge["id"]}).encode()
+                self.send_response(201)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+# ---------------------------------------------------------------- intents and clients
+
+
+@dataclass
+class Answer:
+    status: int
+    body: bytes
+    content_type: str | None
+    location: str | None
+    replayed: bool
+
+
+@dataclass
+class Intent:
+    reference: str
+    key: str
+    mode: str
+    amount: int
+    copies: int
+    concurrent: int
+    answers: list[Answer] = field(default_factory=list)
+    unresolved: int = 0
+
+    @property
+    def body(self) -> bytes:
+        return json.dumps({"reference": self.reference, "amount": self.amount}).encode()
+
+
+@dataclass
+class Stats:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self.lock:
+            self.counts[name] += amount
+
+
+class Client:
+    def __init__(self, port: int, options: argparse.Namespace, stats: Stats) -> None:
+        self.port = port
+        self.options = options
+        self.stats = stats
+
+    def send_until_definitive(self, intent: Intent, rng: random.Random) -> None:
+        deadline = time.monotonic() + self.options.intent_deadline
+        while time.monotonic() < deadline:
+            headers = {"Idempotency-Key": intent.key, "Content-Type": "application/json"}
+            if rng.random() < self.options.slow:
+                window = rng.choice(
+                    ["work", "recorded"] if intent.mode == "non_atomic" else ["work"]
+                )
+                headers["X-Chaos-Sleep"] = f"{window}:{rng.uniform(0.3, 1.6):.2f}"
+            connection = http.client.HTTPConnection(
+                "127.0.0.1", self.port, timeout=self.options.client_timeout
+            )
+            self.stats.add("requests")
+            try:
+                connection.request("POST", PATHS[intent.mode], body=intent.body, headers=headers)
+                response = connection.getresponse()
+                body = response.read()
+            except TimeoutError:
+                self.stats.add("client timeouts")
+                continue
+            except (ConnectionError, http.client.HTTPException, OSError):
+                self.stats.add("connection errors")
+                time.sleep(rng.uniform(0.02, 0.2))
+                continue
+            finally:
+                connection.close()
+            if response.status == 409:
+                self.stats.add("409s")
+                retry_after = float(response.getheader("Retry-After") or 1)
+                time.sleep(min(retry_after, 1.0) * rng.uniform(0.3, 1.0))
+                continue
+            if response.status >= 500:
+                self.stats.add(f"{response.status}s")
+                time.sleep(rng.uniform(0.05, 0.3))
+                continue
+            answer = Answer(
+                status=response.status,
+                body=body,
+                content_type=response.getheader("Content-Type"),
+                location=response.getheader("Location"),
+                replayed=response.getheader("Idempotent-Replayed") == "true",
+            )
+            with self.stats.lock:
+                intent.answers.append(answer)
+                self.stats.counts["replays" if answer.replayed else "first answers"] += 1
+            return
+        with self.stats.lock:
+            intent.unresolved += 1
+
+    def run_copy(self, intent: Intent, sequential: int, seed: int) -> None:
+        """One copy; the copy that carries ``sequential`` then sends the later ones."""
+        rng = random.Random(seed)
+        self.send_until_definitive(intent, rng)
+        for _ in range(sequential):
+            time.sleep(rng.uniform(0, 0.3))
+            self.send_until_definitive(intent, rng)
+
+
+# ---------------------------------------------------------------- the killer
+
+
+class Killer(threading.Thread):
+    """SIGKILLs a gunicorn worker every ``interval`` seconds, preferring one that is
+    inside a business transaction or between the external call and finalize."""
+
+    def __init__(
+        self, server: serve.Gunicorn, state_dir: Path, interval: tuple[float, float], seed: int
+    ) -> None:
+        super().__init__(daemon=True)
+        self.server = server
+        self.state_dir = state_dir
+        self.interval = interval
+        self.rng = random.Random(seed)
+        self.stop_event = threading.Event()
+        self.kills: Counter[str] = Counter()
+
+    def phase(self, pid: int) -> str:
+        try:
+            return (self.state_dir / str(pid)).read_text() or "starting"
+        except OSError:
+            return "starting"
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.rng.uniform(*self.interval)):
+            pids = self.server.worker_pids()
+            if not pids:
+                continue
+            phases = {pid: self.phase(pid) for pid in pids}
+            aimed = [pid for pid, name in phases.items() if name in KILL_WINDOWS]
+            pid = self.rng.choice(aimed if aimed and self.rng.random() < 0.75 else pids)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            self.kills[phases[pid]] += 1
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join()
+
+
+# ---------------------------------------------------------------- checking
+
+
+def fetch_results(kind: str) -> tuple[dict[str, list[tuple[Any, ...]]], dict[str, dict[str, Any]]]:
+    db = serve.connect(kind, DATABASE)
+    try:
+        cursor = db.cursor()
+        cursor.execute("SELECT reference, id, charge, mode FROM benchsite_payment")
+        payments: dict[str, list[tuple[Any, ...]]] = {}
+        for reference, pk, charge, mode in cursor.fetchall():
+            payments.setdefault(reference, []).append((pk, charge, mode))
+        key = "`key`" if kind == "mariadb" else '"key"'
+        cursor.execute(
+            f"SELECT {key}, status, response_status, response_headers, response_body, attempts "
+            "FROM django_idempotency_record"
+        )
+        records = {}
+        for row in cursor.fetchall():
+            headers = row[3] if isinstance(row[3], dict) else json.loads(row[3] or "{}")
+            records[row[0]] = {
+                "status": row[1],
+                "response_status": row[2],
+                "headers": headers,
+                "body": bytes(row[4]) if row[4] is not None else None,
+                "attempts": row[5],
+            }
+        return payments, records
+    finally:
+        db.close()
+
+
+def check(
+    intents: list[Intent],
+    payments: dict[str, list[tuple[Any, ...]]],
+    records: dict[str, dict[str, Any]],
+    provider: Provider,
+) -> dict[str, Any]:
+    problems: list[str] = []
+    duplicates = lost = mismatched = 0
+    charges_by_reference: dict[str, list[dict[str, Any]]] = {}
+    for charge in provider.charges.values():
+        charges_by_reference.setdefault(charge["reference"], []).append(charge)
+    for intent in intents:
+        rows = payments.get(intent.reference, [])
+        record = records.get(intent.key)
+        if len(rows) > 1:
+            duplicates += 1
+            problems.append(f"{intent.reference} ({intent.mode}): {len(rows)} payments {rows}")
+        if intent.mode == "unguarded":
+            continue
+        if not rows or intent.unresolved or not intent.answers or record is None:
+            lost += 1
+            problems.append(
+                f"{intent.reference} ({intent.mode}): rows={len(rows)} "
+                f"answers={len(intent.answers)} unresolved={intent.unresolved} record={record}"
+            )
+            continue
+        if intent.mode == "non_atomic":
+            charges = charges_by_reference.get(intent.reference, [])
+            if len(charges) != 1:
+                duplicates += 1
+                problems.append(f"{intent.reference}: provider charged {len(charges)} times")
+            elif rows[0][1] != charges[0]["id"]:
+                mismatched += 1
+                problems.append(f"{intent.reference}: payment {rows[0]} is not {charges[0]}")
+        stored_type = record["headers"].get("Content-Type")
+        stored_location = record["headers"].get("Location")
+        for answer in intent.answers:
+            same = (
+                record["status"] == "completed"
+                and answer.status == record["response_status"]
+                and answer.body == record["body"]
+                and answer.content_type == stored_type
+                and answer.location == stored_location
+                and json.loads(answer.body)["payment"] == rows[0][0]
+            )
+            if not same:
+                mismatched += 1
+                problems.append(f"{intent.reference}: answer {answer} differs from stored {record}")
+                break
+    left_in_progress = sum(1 for record in records.values() if record["status"] != "completed")
+    return {
+        "duplicates": duplicates,
+        "lost": lost,
+        "mismatched": mismatched,
+        "left in progress": left_in_progress,
+        "take-overs": sum(record["attempts"] - 1 for record in records.values()),
+        "taken-over operations": sum(1 for record in records.values() if record["attempts"] > 1),
+        "problems": problems,
+    }
+
+
+# ---------------------------------------------------------------- one run
+
+
+def make_intents(count: int, rng: random.Random, control: bool) -> list[Intent]:
+    intents = []
+    run = uuid.uuid4().hex[:8]
+    for number in range(count):
+        copies = rng.choice([1, 2, 2, 3, 3, 4])
+        intents.append(
+            Intent(
+                reference=f"{run}-{number}",
+                key=str(uuid.uuid4()),
+                mode="unguarded"
+                if control
+                else rng.choices(list(MODES), weights=list(MODES.values()))[0],
+                amount=rng.randint(1, 10_000),
+                copies=copies,
+                concurrent=rng.randint(1, copies),
+            )
+        )
+    return intents
+
+
+def run(kind: str, options: argparse.Namespace) -> bool:
+    rng = random.Random(options.seed)
+    serve.recreate_database(kind, DATABASE)
+    url = serve.database_url(kind, DATABASE)
+    serve.migrate(url)
+    state_dir = Path(tempfile.mkdtemp(prefix="chaos-state-"))
+    log = Path(tempfile.gettempdir()) / f"chaos-gunicorn-{kind}.log"
+    provider = Provider()
+    server = serve.Gunicorn(
+        url,
+        workers=options.workers,
+        timeout=options.worker_timeout,
+        log=log,
+        env={
+            "BENCH_LEASE": str(options.lease),
+            "CHAOS_STATE_DIR": str(state_dir),
+            "CHAOS_PROVIDER_URL": provider.url,
+        },
+    )
+    intents = make_intents(options.intents, rng, options.control)
+    stats = Stats()
+    client = Client(server.port, options, stats)
+    killer = Killer(server, state_dir, options.kill_every, options.seed)
+    started = time.monotonic()
+    try:
+        killer.start()
+        with ThreadPoolExecutor(max_workers=options.threads) as pool:
+            for intent in intents:
+                for copy in range(intent.concurrent):
+                    sequential = intent.copies - intent.concurrent if copy == 0 else 0
+                    pool.submit(client.run_copy, intent, sequential, rng.getrandbits(32))
+        killer.stop()
+    finally:
+        if killer.is_alive():
+            killer.stop()
+        server.stop()
+        provider.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    payments, records = fetch_results(kind)
+    result = check(intents, payments, records, provider)
+    report(kind, intents, stats, killer, provider, result, elapsed, log)
+    if options.control:
+        print(
+            "control: the unguarded endpoint must show duplicates; it did"
+            if result["duplicates"]
+            else "control: FAILED, the checker saw no duplicate without a guard"
+        )
+        return bool(result["duplicates"])
+    return not (result["duplicates"] or result["lost"] or result["mismatched"])
+
+
+def report(
+    kind: str,
+    intents: list[Intent],
+    stats: Stats,
+    killer: Killer,
+    provider: Provider,
+    result: dict[str, Any],
+    elapsed: float,
+    log: Path,
+) -> None:
+    counts = stats.counts
+    modes = Counter(intent.mode for intent in intents)
+    worker_timeouts = log.read_text().count("WORKER TIMEOUT")
+    non_atomic = modes["non_atomic"]
+    calls = sum(charge["calls"] for charge in provider.charges.values())
+    print(f"\n== chaos on {kind}: {elapsed:.0f} s ==")
+    print(f"intents            {len(intents)}  ({', '.join(f'{m} {n}' for m, n in modes.items())})")
+    print(f"copies sent        {sum(intent.copies for intent in intents)}")
+    print(f"requests sent      {counts['requests']}")
+    print(f"kills (SIGKILL)    {sum(killer.kills.values())}  by phase: {dict(killer.kills)}")
+    print(f"worker timeouts    {worker_timeouts}  (gunicorn's own kills)")
+    print(f"client timeouts    {counts['client timeouts']}")
+    print(f"connection errors  {counts['connection errors']}")
+    print(f"409s               {counts['409s']}")
+    print(f"5xx                {sum(n for name, n in counts.items() if name.startswith('5'))}")
+    print(f"first answers      {counts['first answers']}")
+    print(f"replays            {counts['replays']}")
+    print(
+        f"take-overs         {result['take-overs']}  "
+        f"(on {result['taken-over operations']} operations)"
+    )
+    print(
+        f"provider           {non_atomic} atomic=False intents -> {len(provider.charges)} "
+        f"charges, {calls} calls ({calls - len(provider.charges)} deduplicated by derived key)"
+    )
+    print(f"left in progress   {result['left in progress']}")
+    print(f"mismatched answers {result['mismatched']}  (must be 0)")
+    print(f"duplicates         {result['duplicates']}  (must be 0)")
+    print(f"lost               {result['lost']}  (must be 0)")
+    for problem in result["problems"][:20]:
+        print("  !", problem)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database", choices=["postgres", "mariadb", "all"], default="all")
+    parser.add_argument("--ci", action="store_true", help="a short run: 300 intents")
+    parser.add_argument("--intents", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--lease", type=float, default=4.0, help="LEASE in seconds")
+    parser.add_argument(
+        "--worker-timeout", type=int, default=3, help="gunicorn --timeout, below LEASE"
+    )
+    parser.add_argument("--client-timeout", type=float, default=1.0)
+    parser.add_argument("--slow", type=float, default=0.08, help="share of slow requests")
+    parser.add_argument(
+        "--kill-every", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX")
+    )
+    parser.add_argument("--intent-deadline", type=float, default=120.0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="negative control: the same load on an unguarded endpoint must show duplicates",
+    )
+    options = parser.parse_args()
+    if options.intents is None:
+        options.intents = 300 if options.ci else 3000
+    if options.seed is None:
+        options.seed = random.randrange(1 << 30)
+    if options.lease <= options.worker_timeout:
+        parser.error("--lease must exceed --worker-timeout (DESIGN.md: LEASE > worker timeout)")
+    print(f"seed {options.seed}")
+    kinds = ["postgres", "mariadb"] if options.database == "all" else [options.database]
+    results = [run(kind, options) for kind in kinds]
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
