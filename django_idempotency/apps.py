@@ -11,4 +11,13 @@ class IdempotencyConfig(AppConfig):
     default_auto_field = "django.db.models.AutoField"
 
     def ready(self) -> None:
-        from django_idempotency import checks  # noqa: F401  (registers the checks)
+        from django.core.checks import Tags, register
+
+        from django_idempotency import checks, signals
+
+        register(checks.check_settings, Tags.compatibility)
+        register(checks.check_records_database, Tags.database)
+        register(checks.check_atomic_requests, Tags.database)
+        register(checks.check_urls, Tags.urls)
+        register(checks.check_drf, Tags.compatibility)
+        signals.connect_logging()

@@ -1,15 +1,257 @@
-"""System checks: settings and risky set-ups, reported at start-up with a hint."""
+"""System checks: settings and risky set-ups, reported at start-up with a hint.
+
+A bad setting is reported by ``manage.py check`` (and before ``runserver`` or
+``migrate``) instead of failing a request in production. Ids are stable; a retired id
+stays reserved.
+
+============================  ===============================================================
+id                            reported when
+============================  ===============================================================
+``django_idempotency.E001``   ``IDEMPOTENCY`` is not a dict
+``django_idempotency.E002``   ``HEADER`` is not a valid HTTP header name
+``django_idempotency.E003``   ``REQUIRED`` is not a bool
+``django_idempotency.E004``   ``TTL`` is not a positive ``timedelta``
+``django_idempotency.E005``   ``LEASE`` is not a positive ``timedelta``
+``django_idempotency.E006``   ``WAIT`` is not a ``timedelta`` of zero or more
+``django_idempotency.E007``   ``SCOPE`` is not a callable or the dotted path of one
+``django_idempotency.E008``   ``MAX_RESPONSE_BYTES`` is not a positive int
+``django_idempotency.E009``   ``METHODS`` is not a non-empty collection of unsafe methods
+``django_idempotency.E010``   ``FORM_FIELD`` is not a non-empty string
+``django_idempotency.E011``   ``PURGE_GRACE`` is not a ``timedelta`` of zero or more
+``django_idempotency.E012``   ``PROBLEM_BASE_URL`` is not a string
+``django_idempotency.E013``   ``IdempotentMixin`` is used but ``rest_framework`` is not installed
+``django_idempotency.W001``   records live on another database than the models views write
+``django_idempotency.W002``   ``IDEMPOTENCY`` has keys this version does not know
+``django_idempotency.W003``   ``LEASE`` is shorter than 30 seconds
+``django_idempotency.W004``   ``TTL`` is not longer than ``LEASE``
+``django_idempotency.W005``   ``django_idempotency.urls`` is not in the URLconf
+``django_idempotency.I001``   ``ATOMIC_REQUESTS`` is on for the records' database
+============================  ===============================================================
+"""
 
 from __future__ import annotations
 
+import re
+import sys
+from collections.abc import Callable, Collection, Mapping
+from datetime import timedelta
 from typing import Any
 
 from django.apps import apps
-from django.core.checks import CheckMessage, Tags, Warning, register
-from django.db import router
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Info, Warning
+from django.db import connections, router
+from django.urls import NoReverseMatch, get_resolver, reverse
+from django.utils.module_loading import import_string
+
+from django_idempotency.conf import DEFAULTS
+
+PREFIX = "django_idempotency."
+HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+SANE_WORKER_TIMEOUT = timedelta(seconds=30)
 
 
-@register(Tags.database)
+def _user_settings() -> Any:
+    return getattr(settings, "IDEMPOTENCY", None)
+
+
+def _valid_names() -> str:
+    return ", ".join(sorted(DEFAULTS))
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E001-E012, W002-W004: the type and range of every ``IDEMPOTENCY`` setting."""
+    user = _user_settings()
+    if user is None:
+        user = {}
+    if not isinstance(user, Mapping):
+        return [
+            Error(
+                f"IDEMPOTENCY must be a dict, not {type(user).__name__}.",
+                hint=f"Set IDEMPOTENCY = {{...}} with any of: {_valid_names()}.",
+                id=PREFIX + "E001",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    for name, validate in VALIDATORS.items():
+        if name in user:
+            message = validate(user[name])
+            if message is not None:
+                text, hint, number = message
+                errors.append(Error(f"IDEMPOTENCY[{name!r}] {text}", hint=hint, id=PREFIX + number))
+    unknown = sorted(str(name) for name in user if name not in DEFAULTS)
+    if unknown:
+        errors.append(
+            Warning(
+                f"IDEMPOTENCY has unknown keys: {', '.join(unknown)}. They are ignored.",
+                hint=f"Check the spelling; valid names are: {_valid_names()}.",
+                id=PREFIX + "W002",
+            )
+        )
+    errors.extend(_check_durations(user))
+    return errors
+
+
+def _header(value: Any) -> tuple[str, str, str] | None:
+    if isinstance(value, str) and HEADER_NAME.match(value):
+        return None
+    return (
+        f"must be a valid HTTP header name, not {value!r}.",
+        "Use letters, digits and - only, e.g. 'Idempotency-Key' (the default).",
+        "E002",
+    )
+
+
+def _required(value: Any) -> tuple[str, str, str] | None:
+    if isinstance(value, bool):
+        return None
+    return (
+        f"must be True or False, not {value!r}.",
+        "True: a guarded request without a key gets 400; False: it runs unguarded.",
+        "E003",
+    )
+
+
+def _positive_duration(number: str, example: str) -> Callable[[Any], tuple[str, str, str] | None]:
+    def validate(value: Any) -> tuple[str, str, str] | None:
+        if isinstance(value, timedelta) and value > timedelta(0):
+            return None
+        return (
+            f"must be a positive datetime.timedelta, not {value!r}.",
+            f"For example {example}.",
+            number,
+        )
+
+    return validate
+
+
+def _non_negative_duration(
+    number: str, example: str
+) -> Callable[[Any], tuple[str, str, str] | None]:
+    def validate(value: Any) -> tuple[str, str, str] | None:
+        if isinstance(value, timedelta) and value >= timedelta(0):
+            return None
+        return (
+            f"must be a datetime.timedelta of zero or more, not {value!r}.",
+            f"For example {example}.",
+            number,
+        )
+
+    return validate
+
+
+def _scope(value: Any) -> tuple[str, str, str] | None:
+    hint = (
+        "Give a function request -> str, or its dotted path, e.g. "
+        "'django_idempotency.scopes.by_user'."
+    )
+    if isinstance(value, str):
+        try:
+            value = import_string(value)
+        except ImportError as exc:
+            return (f"cannot be imported: {exc}", hint, "E007")
+    if callable(value):
+        return None
+    return (f"must be callable, not {value!r}.", hint, "E007")
+
+
+def _max_response_bytes(value: Any) -> tuple[str, str, str] | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return None
+    return (
+        f"must be a positive int, not {value!r}.",
+        "The largest response body stored for replay, e.g. 1_048_576 (1 MiB).",
+        "E008",
+    )
+
+
+def _methods(value: Any) -> tuple[str, str, str] | None:
+    hint = "For example ('POST', 'PUT', 'PATCH', 'DELETE'): GET, HEAD, OPTIONS and TRACE are safe."
+    if isinstance(value, (str, bytes)) or not isinstance(value, Collection) or not value:
+        return (f"must be a non-empty list of HTTP methods, not {value!r}.", hint, "E009")
+    bad = [
+        method
+        for method in value
+        if not isinstance(method, str)
+        or not HEADER_NAME.match(method)
+        or method.upper() in SAFE_METHODS
+    ]
+    if bad:
+        return (
+            f"must name unsafe HTTP methods only; these are not: {', '.join(map(repr, bad))}.",
+            hint,
+            "E009",
+        )
+    return None
+
+
+def _form_field(value: Any) -> tuple[str, str, str] | None:
+    if isinstance(value, str) and value:
+        return None
+    return (
+        f"must be a non-empty string, not {value!r}.",
+        "The name of the hidden form input that carries the key, e.g. 'idempotency_key'.",
+        "E010",
+    )
+
+
+def _problem_base_url(value: Any) -> tuple[str, str, str] | None:
+    if isinstance(value, str):
+        return None
+    return (
+        f"must be a string, not {value!r}.",
+        "The URL that problem types are appended to in problem+json 'type' members.",
+        "E012",
+    )
+
+
+VALIDATORS: dict[str, Callable[[Any], tuple[str, str, str] | None]] = {
+    "HEADER": _header,
+    "REQUIRED": _required,
+    "TTL": _positive_duration("E004", "timedelta(hours=24)"),
+    "LEASE": _positive_duration("E005", "timedelta(seconds=90), above your worker timeout"),
+    "WAIT": _non_negative_duration("E006", "timedelta(0) or timedelta(seconds=2)"),
+    "SCOPE": _scope,
+    "MAX_RESPONSE_BYTES": _max_response_bytes,
+    "METHODS": _methods,
+    "FORM_FIELD": _form_field,
+    "PURGE_GRACE": _non_negative_duration("E011", "timedelta(days=1)"),
+    "PROBLEM_BASE_URL": _problem_base_url,
+}
+
+
+def _check_durations(user: Mapping[str, Any]) -> list[CheckMessage]:
+    lease = user.get("LEASE", DEFAULTS["LEASE"])
+    ttl = user.get("TTL", DEFAULTS["TTL"])
+    if not isinstance(lease, timedelta) or lease <= timedelta(0):
+        return []
+    messages: list[CheckMessage] = []
+    if lease < SANE_WORKER_TIMEOUT:
+        messages.append(
+            Warning(
+                f"IDEMPOTENCY['LEASE'] is {lease.total_seconds():g} s, shorter than a typical "
+                "worker timeout (gunicorn's default is 30 s). A request still running when "
+                "its lease ends can be taken over by a retry; in atomic=False views both "
+                "attempts then act outside the database.",
+                hint="Set LEASE above the longest time a guarded view may run, including "
+                "your worker or proxy timeout.",
+                id=PREFIX + "W003",
+            )
+        )
+    if isinstance(ttl, timedelta) and timedelta(0) < ttl <= lease:
+        messages.append(
+            Warning(
+                f"IDEMPOTENCY['TTL'] ({ttl}) is not longer than LEASE ({lease}): a record "
+                "can expire while its attempt still runs, and an expired record counts as "
+                "absent, so a retry would run the operation again.",
+                hint="Keep TTL much longer than LEASE (defaults: 24 h and 90 s).",
+                id=PREFIX + "W004",
+            )
+        )
+    return messages
+
+
 def check_records_database(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """W001: the business writes can only commit with "done" on the same database."""
     from django_idempotency.models import IdempotencyRecord
@@ -33,6 +275,90 @@ def check_records_database(app_configs: Any = None, **kwargs: Any) -> list[Check
             "crash between the two commits can run a side effect twice.",
             hint="Route IdempotencyRecord to the database of the models your guarded "
             "views write, or guard those views with atomic=False and derived keys.",
-            id="django_idempotency.W001",
+            id=PREFIX + "W001",
         )
     ]
+
+
+def check_atomic_requests(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """I001: explain what guarded views do under ``ATOMIC_REQUESTS``."""
+    from django_idempotency.engine import records_database
+
+    alias = records_database()
+    if alias not in connections or not connections.settings[alias].get("ATOMIC_REQUESTS"):
+        return []
+    return [
+        Info(
+            f"ATOMIC_REQUESTS is on for {alias!r}, the idempotency records' database. "
+            "Guarded views opt out of it there (like transaction.non_atomic_requests): "
+            "the key's claim must commit on its own before the view runs, and the guard "
+            "then wraps the view in its own transaction, so the view's writes still "
+            "commit or roll back together, with the stored response.",
+            hint="Nothing to do. Code that relies on the request-wide transaction outside "
+            "the view (middleware writes) runs in autocommit for guarded views.",
+            id=PREFIX + "I001",
+        )
+    ]
+
+
+def check_urls(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W005: the 409 body's ``operation`` link and the status endpoint need the URLs."""
+    if not getattr(settings, "ROOT_URLCONF", None):
+        return []
+    try:
+        reverse(
+            "django_idempotency:operation", kwargs={"pk": "00000000-0000-0000-0000-000000000000"}
+        )
+    except NoReverseMatch:
+        return [
+            Warning(
+                "django_idempotency.urls is not included in your URLconf: 409 answers "
+                "carry no 'operation' link and clients cannot ask for an operation's status.",
+                hint='Add path("idempotency/", include("django_idempotency.urls")) to '
+                "your urlpatterns.",
+                id=PREFIX + "W005",
+            )
+        ]
+    except Exception:  # the URLconf itself is broken: Django's own URL checks say so
+        return []
+    return []
+
+
+def check_drf(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E013: ``IdempotentMixin`` needs Django REST framework installed."""
+    if apps.is_installed("rest_framework"):
+        return []
+    _load_urlconf()  # views are imported with the URLconf
+    if "django_idempotency.drf" not in sys.modules:
+        return []
+    from django_idempotency.drf import IdempotentMixin
+
+    users = sorted(f"{cls.__module__}.{cls.__qualname__}" for cls in _subclasses(IdempotentMixin))
+    used = f" by {', '.join(users[:10])}" if users else ""
+    return [
+        Error(
+            f"django_idempotency.drf is imported{used}, but 'rest_framework' is not in "
+            "INSTALLED_APPS: IdempotentMixin only works on Django REST framework views.",
+            hint="pip install 'django-idempotency[drf]' and add 'rest_framework' to "
+            "INSTALLED_APPS, or guard plain Django views with @idempotent.",
+            id=PREFIX + "E013",
+        )
+    ]
+
+
+def _load_urlconf() -> None:
+    if not getattr(settings, "ROOT_URLCONF", None):
+        return
+    try:
+        get_resolver().url_patterns  # noqa: B018  (imports the views)
+    except Exception:  # reported by Django's own URL checks
+        return
+
+
+def _subclasses(cls: type) -> set[type]:
+    found: set[type] = set()
+    subclasses: list[type] = cls.__subclasses__()
+    for sub in subclasses:
+        found.add(sub)
+        found |= _subclasses(sub)
+    return found
