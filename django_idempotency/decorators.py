@@ -9,7 +9,7 @@ from typing import Any, TypeVar, overload
 
 from asgiref.sync import async_to_sync, iscoroutinefunction
 
-from django_idempotency.guard import Guard, KeyFunction, opt_out_of_atomic_requests
+from django_idempotency.guard import Guard, KeyFunction, opt_out_of_atomic_requests, passthrough
 
 V = TypeVar("V", bound=Callable[..., Any])
 
@@ -81,7 +81,7 @@ def idempotent(
             @functools.wraps(view)
             def sync_wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
                 if not guard.applies(request):
-                    return view(request, *args, **kwargs)
+                    return passthrough(request, lambda: view(request, *args, **kwargs))
                 return guard.run(request, lambda: view(request, *args, **kwargs))
 
             wrapper = sync_wrapper

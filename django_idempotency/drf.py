@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from django_idempotency import keys
 from django_idempotency.conf import conf
-from django_idempotency.guard import Guard, opt_out_of_atomic_requests
+from django_idempotency.guard import Guard, opt_out_of_atomic_requests, passthrough
 
 if TYPE_CHECKING:
     from django.http import HttpResponseBase
@@ -47,12 +47,14 @@ class IdempotentMixin(_Base):  # type: ignore[misc]
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
-        if not self.is_idempotent_request(request):
-            return
         name = request.method.lower() if request.method else ""
         handler = getattr(self, name, None)
-        if handler is not None:
+        if handler is None:
+            return
+        if self.is_idempotent_request(request):
             setattr(self, name, self._guarded(handler))
+        else:
+            setattr(self, name, self._unguarded(handler))
 
     def is_idempotent_request(self, request: Request) -> bool:
         if request.method not in conf.METHODS:
@@ -84,6 +86,12 @@ class IdempotentMixin(_Base):  # type: ignore[misc]
             ttl=self.idempotency_ttl,
             lease=self.idempotency_lease,
         )
+
+    def _unguarded(self, handler: Callable[..., Any]) -> Callable[..., Any]:
+        def unguarded(request: Request, *args: Any, **kwargs: Any) -> Any:
+            return passthrough(request, lambda: handler(request, *args, **kwargs))
+
+        return unguarded
 
     def _guarded(self, handler: Callable[..., Any]) -> Callable[..., Any]:
         guard = self.get_idempotency_guard()

@@ -10,10 +10,11 @@ import asyncio
 import time
 from collections.abc import Callable, Collection
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connections, transaction
 from django.http import HttpResponseBase
 
 from django_idempotency import engine, keys, responses
@@ -21,6 +22,7 @@ from django_idempotency.conf import conf
 
 KeyFunction = Callable[[Any], "str | None"]
 FIRST_POLL = 0.05
+T = TypeVar("T")
 
 
 class Guard:
@@ -94,7 +96,7 @@ class Guard:
     def run(self, request: Any, view: Callable[[], HttpResponseBase]) -> HttpResponseBase:
         intent = self.intent(request)
         if intent is None:
-            return view()
+            return passthrough(request, view)
         if isinstance(intent, HttpResponseBase):
             return intent
         policy = self.policy()
@@ -116,7 +118,7 @@ class Guard:
         """
         intent = await sync_to_async(self.intent, thread_sensitive=True)(request)
         if intent is None:
-            return await sync_to_async(view, thread_sensitive=True)()
+            return await sync_to_async(passthrough, thread_sensitive=True)(request, view)
         if isinstance(intent, HttpResponseBase):
             return intent
         policy = self.policy()
@@ -159,6 +161,26 @@ class Guard:
         if isinstance(outcome, engine.Busy):
             return responses.busy(outcome.reason, outcome.retry_after)
         return responses.unavailable()
+
+
+def passthrough(request: Any, view: Callable[[], T]) -> T:
+    """Run a request the guard lets through as ``ATOMIC_REQUESTS`` would have.
+
+    Guarded views are opted out of ``ATOMIC_REQUESTS`` so that the claim can commit on
+    its own; a request that is not guarded (a safe method, no key where none is
+    required) must not lose the transaction the project asked for, unless the project
+    itself marked the view ``non_atomic_requests``.
+    """
+    alias = engine.records_database()
+    if not connections[alias].settings_dict.get("ATOMIC_REQUESTS") or _opted_out(request, alias):
+        return view()
+    with transaction.atomic(using=alias):
+        return view()
+
+
+def _opted_out(request: Any, alias: str) -> bool:
+    view = getattr(getattr(request, "resolver_match", None), "func", None)
+    return alias in set(getattr(view, "_non_atomic_requests", ()))  # real members only
 
 
 class RecordsDatabase(set[str]):

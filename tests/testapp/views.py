@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import connections, router
+from django.db.transaction import non_atomic_requests
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import path
 from rest_framework import serializers, status, viewsets
@@ -252,6 +253,15 @@ def atomic_probe(request: HttpRequest) -> HttpResponse:
     return _created(_create(request))
 
 
+@non_atomic_requests
+@idempotent
+def atomic_probe_opted_out(request: HttpRequest) -> HttpResponse:
+    """Like ``atomic_probe``, but the project opted the view out of ATOMIC_REQUESTS."""
+    connection = connections[router.db_for_write(Order)]
+    CONTROL["atomic_blocks"] = len(connection.atomic_blocks)
+    return _created(_create(request))
+
+
 @idempotent
 async def flaky_order_async(request: HttpRequest) -> HttpResponse:
     payload = json.loads(request.body or b"{}")
@@ -309,6 +319,8 @@ class ApiOrderView(IdempotentMixin, APIView):
 
     def delete(self, request: Any) -> Response:
         Order.objects.create(reference="deleted")
+        if CONTROL.get("fail") == "raise":
+            raise RuntimeError("the view failed")
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -320,6 +332,7 @@ urlpatterns += [
     path("orders/session/", create_order_session),
     path("orders/stream/chunks/", stream_chunks),
     path("orders/probe/", atomic_probe),
+    path("orders/probe/opted-out/", atomic_probe_opted_out),
     path("orders/async/flaky/", flaky_order_async),
     path("api/denied/", DeniedOrderView.as_view()),
     path("api/throttled/", ThrottledOrderView.as_view()),
