@@ -97,9 +97,13 @@ def _parse_sf_string(value: str) -> str:
 
 
 def compute_scope(request: Any, scope: Callable[[Any], str] | None = None) -> str:
-    """The configured scope function's answer, hashed when too long for the column."""
+    """The configured scope function's answer, hashed when too long for the column.
+
+    Also hashed when it ends in a space: MySQL/MariaDB ``PAD SPACE`` collations
+    compare ``"acme "`` equal to ``"acme"``, which would let two scopes share keys.
+    """
     value = str((scope or conf.SCOPE)(request))
-    if len(value) > MAX_SCOPE_LENGTH:
+    if len(value) > MAX_SCOPE_LENGTH or value.endswith(" "):
         value = "sha256:" + hashlib.sha256(value.encode()).hexdigest()
     return value
 

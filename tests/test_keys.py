@@ -237,6 +237,14 @@ def test_scope_of_exactly_255_characters_is_kept() -> None:
     assert keys.compute_scope(None, lambda request: scope) == scope
 
 
+def test_scope_ending_in_a_space_is_hashed() -> None:
+    """So that PAD SPACE collations cannot make "acme " and "acme" one scope."""
+    padded = keys.compute_scope(None, lambda request: "tenant:acme ")
+    assert padded.startswith("sha256:")
+    assert padded != keys.compute_scope(None, lambda request: "tenant:acme")
+    assert keys.compute_scope(None, lambda request: " tenant:acme") == " tenant:acme"
+
+
 def test_payload_hash_is_stable_and_body_sensitive() -> None:
     def key(body: dict) -> str:
         return keys.payload_hash(

@@ -148,3 +148,13 @@ def test_scope_longer_than_the_column_is_hashed_and_works(client) -> None:
     assert "Idempotent-Replayed" not in other
     assert IdempotencyRecord.objects.count() == 2
     assert Order.objects.count() == 2
+
+
+@override_settings(IDEMPOTENCY={"SCOPE": tenant_scope})
+def test_scopes_differing_in_a_trailing_space_stay_apart(client) -> None:
+    """MariaDB's PAD SPACE collations compare "acme " equal to "acme"."""
+    send(client, "/orders/", {}, key="k1", HTTP_X_TENANT="acme")
+    other = send(client, "/orders/", {}, key="k1", HTTP_X_TENANT="acme ")
+    assert other.status_code == 201
+    assert "Idempotent-Replayed" not in other
+    assert Order.objects.count() == 2
