@@ -105,7 +105,10 @@ def test_installation_page_shows_every_default() -> None:
 
 def test_every_check_id_is_documented() -> None:
     source = (ROOT / "django_idempotency" / "checks.py").read_text(encoding="utf-8")
-    ids = sorted(set(re.findall(r"django_idempotency\.[CEW]\d{3}", source)))
+    ids = sorted(
+        set(re.findall(r"django_idempotency\.[CEWI]\d{3}", source))
+        | {"django_idempotency." + number for number in re.findall(r'"([CEWI]\d{3})"', source)}
+    )
     assert ids, "no check ids found in checks.py"
     documented = sections("reference/checks.md")
     missing = [check_id for check_id in ids if check_id not in documented]
