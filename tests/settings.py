@@ -67,3 +67,21 @@ REST_FRAMEWORK = {
 }
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# A second, separate database standing in for a read replica that has not caught up
+# (nothing ever replicates into it). Only tests that declare it, with
+# django_db(databases=["default", "replica"]), get it set up: tests/test_routing.py
+# routes reads there to prove that records are read from the writer.
+DATABASES["replica"] = {
+    **DATABASES["default"],
+    "NAME": (
+        ":memory:"
+        if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+        else f"{DATABASES['default']['NAME']}_replica"
+    ),
+    "TEST": {
+        key: value
+        for key, value in DATABASES["default"].get("TEST", {}).items()
+        if key in {"CHARSET", "COLLATION"}
+    },
+}
