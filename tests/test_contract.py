@@ -398,7 +398,7 @@ def test_expired_in_progress_record_counts_as_absent(post) -> None:
     assert IdempotencyRecord.objects.get().pk != old.pk
 
 
-def test_per_view_ttl_and_default_ttl(post) -> None:
+def test_default_ttl(post) -> None:
     before = timezone.now()
     post("/orders/", {}, key="k1")
     expires_at = IdempotencyRecord.objects.get().expires_at
@@ -662,3 +662,109 @@ def test_unguarded_drf_actions_keep_atomic_requests(atomic_requests) -> None:
     views.CONTROL["fail"] = None
     assert client.delete("/api/plain/", HTTP_IDEMPOTENCY_KEY="k1").status_code == 204
     assert Order.objects.count() == 1
+
+
+# Decorator arguments: natural keys, payload hashes, ttl/lease, fingerprint, methods.
+
+
+def test_natural_key_needs_no_header(post) -> None:
+    first = post("/invoices/7/pay/", {"amount": 1})
+    again = post("/invoices/7/pay/", {"amount": 1}, key="the-header-is-ignored")
+    assert first.status_code == 201
+    assert again["Idempotent-Replayed"] == "true"
+    assert post("/invoices/8/pay/", {"amount": 1}).status_code == 201
+    assert Order.objects.count() == 2
+    assert sorted(IdempotencyRecord.objects.values_list("key", flat=True)) == [
+        "invoice:7",
+        "invoice:8",
+    ]
+
+
+def test_natural_key_with_another_payload_is_422(post) -> None:
+    post("/invoices/7/pay/", {"amount": 1})
+    assert_problem(post("/invoices/7/pay/", {"amount": 2}), 422, "idempotency-key-reused")
+
+
+def test_payload_hash_key_dedupes_redeliveries(client) -> None:
+    send(client, "/hooks/", '{"event": "paid", "id": 1}')
+    again = send(client, "/hooks/", '{"id": 1, "event": "paid"}')
+    assert again["Idempotent-Replayed"] == "true"
+    assert send(client, "/hooks/", {"event": "paid", "id": 2}).status_code == 201
+    assert Order.objects.count() == 2
+    assert all(
+        key.startswith("payload:")
+        for key in IdempotencyRecord.objects.values_list("key", flat=True)
+    )
+
+
+def test_key_function_without_a_key_runs_unguarded(post) -> None:
+    post("/orders/by-ref/", {})
+    post("/orders/by-ref/", {})
+    assert IdempotencyRecord.objects.count() == 0
+    post("/orders/by-ref/?ref=r1", {})
+    assert post("/orders/by-ref/?ref=r1", {})["Idempotent-Replayed"] == "true"
+    assert Order.objects.count() == 3
+
+
+def test_key_function_result_is_validated(post) -> None:
+    response = post("/orders/by-ref/?ref=" + "x" * 300, {})
+    assert_problem(response, 400, "idempotency-key-invalid")
+    assert Order.objects.count() == 0
+
+
+def test_per_view_ttl(post) -> None:
+    post("/orders/short/", {}, key="k1")
+    record = IdempotencyRecord.objects.get(key="k1")
+    assert record.expires_at - record.completed_at == timedelta(minutes=5)
+
+
+def test_per_view_lease_sets_locked_until(post) -> None:
+    seen = {}
+
+    def spy(sender, record, **kwargs):
+        seen["lease"] = record.locked_until - record.created_at
+
+    from django_idempotency import signals
+
+    signals.operation_started.connect(spy)
+    try:
+        post("/orders/short/", {}, key="k1")
+    finally:
+        signals.operation_started.disconnect(spy)
+    assert seen["lease"] == timedelta(seconds=30)
+
+
+def test_custom_fingerprint(post) -> None:
+    post("/orders/loose/", {"amount": 1}, key="k1")
+    again = post("/orders/loose/", {"amount": 2}, key="k1")  # same intent by this view's rule
+    assert again["Idempotent-Replayed"] == "true"
+    assert Order.objects.count() == 1
+
+
+def test_methods_argument(post) -> None:
+    for _ in range(2):
+        post("/orders/put-only/", {}, key="k1")
+    assert IdempotencyRecord.objects.count() == 0
+    post("/orders/put-only/", {}, key="k1", method="put")
+    assert post("/orders/put-only/", {}, key="k1", method="put")["Idempotent-Replayed"] == "true"
+    assert Order.objects.count() == 3
+
+
+def test_template_response_is_rendered_before_it_is_stored(post) -> None:
+    first = post("/orders/template/", {"amount": 4}, key="k1")
+    assert first.status_code == 201
+    order = Order.objects.get()
+    assert first.content == f"<p>order {order.pk} for 4</p>".encode()
+    assert bytes(IdempotencyRecord.objects.get().response_body) == first.content
+    again = post("/orders/template/", {"amount": 4}, key="k1")
+    assert again.content == first.content
+    assert again["Content-Type"] == first["Content-Type"]
+
+
+def test_single_transaction_with_atomic_false_is_refused() -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from django_idempotency.decorators import idempotent
+
+    with pytest.raises(ImproperlyConfigured):
+        idempotent(single_transaction=True, atomic=False)

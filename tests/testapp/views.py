@@ -10,6 +10,8 @@ from typing import Any
 from django.db import connections, router
 from django.db.transaction import non_atomic_requests
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.template import engines
+from django.template.response import TemplateResponse
 from django.urls import path
 from rest_framework import serializers, status, viewsets
 from rest_framework.permissions import BasePermission, IsAuthenticated
@@ -19,6 +21,7 @@ from rest_framework.views import APIView
 
 from django_idempotency.decorators import idempotent
 from django_idempotency.drf import IdempotentMixin
+from django_idempotency.keys import payload_hash
 from django_idempotency.scopes import by_user_or_session
 from tests.testapp.models import Charge, Order
 
@@ -324,6 +327,51 @@ class ApiOrderView(IdempotentMixin, APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+def _invoice_key(request: HttpRequest) -> str:
+    return f"invoice:{request.resolver_match.kwargs['pk']}"  # type: ignore[union-attr]
+
+
+@idempotent(key=_invoice_key)
+def pay_invoice(request: HttpRequest, pk: int) -> HttpResponse:
+    """A natural key: paying invoice 7 twice is one intent, whatever the client sends."""
+    return _created(_create(request))
+
+
+@idempotent(key=payload_hash)
+def webhook(request: HttpRequest) -> HttpResponse:
+    """A payload-hash key: the same delivery twice is one intent."""
+    return _created(_create(request))
+
+
+@idempotent(key=lambda request: request.GET.get("ref"))
+def order_by_ref(request: HttpRequest) -> HttpResponse:
+    """A key function that may find no key: then the request runs unguarded."""
+    return _created(_create(request))
+
+
+@idempotent(ttl=timedelta(minutes=5), lease=timedelta(seconds=30))
+def short_lived(request: HttpRequest) -> HttpResponse:
+    return _created(_create(request))
+
+
+@idempotent(fingerprint=lambda request: "the same for every request")
+def loose_fingerprint(request: HttpRequest) -> HttpResponse:
+    return _created(_create(request))
+
+
+@idempotent(methods={"PUT"})
+def put_only(request: HttpRequest) -> HttpResponse:
+    return _created(_create(request))
+
+
+@idempotent
+def template_order(request: HttpRequest) -> TemplateResponse:
+    """A lazily rendered response: it must be rendered before it is stored."""
+    order = _create(request)
+    template = engines["django"].from_string("<p>order {{ order.pk }} for {{ amount }}</p>")
+    return TemplateResponse(request, template, {"order": order, "amount": order.amount}, status=201)
+
+
 urlpatterns += [
     path("orders/headers/", headers_view),
     path("orders/flaky/", flaky_order),
@@ -337,4 +385,11 @@ urlpatterns += [
     path("api/denied/", DeniedOrderView.as_view()),
     path("api/throttled/", ThrottledOrderView.as_view()),
     path("api/plain/", ApiOrderView.as_view()),
+    path("invoices/<int:pk>/pay/", pay_invoice),
+    path("hooks/", webhook),
+    path("orders/by-ref/", order_by_ref),
+    path("orders/short/", short_lived),
+    path("orders/loose/", loose_fingerprint),
+    path("orders/put-only/", put_only),
+    path("orders/template/", template_order),
 ]
