@@ -110,3 +110,132 @@ class IdempotentMixin(_Base):  # type: ignore[misc]
             return response
 
         return guarded
+
+
+class ConditionalUpdateMixin(_Base):  # type: ignore[misc]
+    """``If-Match`` / ``ETag`` for the detail routes of a GenericAPIView or ViewSet.
+
+    Every 2xx answer about one object carries its ``ETag`` (from ``etag_version_field``,
+    an integer field every write bumps, or from ``get_etag(instance)`` when that field
+    is ``None``). Unsafe methods on a detail route (``conditional_methods``) need
+    ``If-Match``: missing, ``428``; stale, ``412`` with the current ``ETag``; a match
+    runs the action, and the version bump, the action's writes and its 2xx answer
+    commit in one transaction (an error answer rolls all of them back). The check is a
+    conditional ``UPDATE ... WHERE version IN (...)`` (or a ``select_for_update``), so
+    of N writers holding the same ETag exactly one wins. See
+    ``django_idempotency.conditional``.
+
+    Combine with ``IdempotentMixin`` in either order: the Idempotency-Key replay is
+    checked first, so a retried update replays its answer instead of failing the
+    precondition it already changed. Custom detail actions get the check through
+    ``get_object()``; keep the version field read-only in the serializer.
+    """
+
+    etag_version_field: str | None = "version"
+    precondition_required: bool = True
+    conditional_methods: Collection[str] = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+    def get_etag(self, instance: Any) -> str:
+        """The opaque ETag value (quoted on the wire); override for computed ETags."""
+        if self.etag_version_field is None:
+            from django.core.exceptions import ImproperlyConfigured
+
+            raise ImproperlyConfigured(
+                f"{type(self).__name__} sets etag_version_field = None: override get_etag()."
+            )
+        return str(getattr(instance, self.etag_version_field))
+
+    def is_conditional_request(self, request: Request) -> bool:
+        """Unsafe methods on a detail route (the URL names one object)."""
+        lookup = getattr(self, "lookup_url_kwarg", None) or getattr(self, "lookup_field", "pk")
+        return (request.method or "").upper() in {
+            method.upper() for method in self.conditional_methods
+        } and lookup in (getattr(self, "kwargs", None) or {})
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        from django_idempotency import conditional
+
+        self._if_match: conditional.IfMatch | None = None
+        self._etag_instance: Any = None
+        conditional_request = self.is_conditional_request(request)
+        if conditional_request:
+            # Wrapped before super().initial(), so IdempotentMixin (which wraps in its
+            # initial()) always ends up outside: replay check, then this transaction.
+            name = (request.method or "").lower()
+            handler = getattr(self, name, None)
+            if handler is not None:
+                setattr(self, name, self._in_transaction(handler))
+        super().initial(request, *args, **kwargs)
+        if conditional_request:
+            self._if_match = conditional.precondition(
+                request.headers.get("If-Match"),
+                required=self.precondition_required,
+                etag=lambda: None,
+            )
+
+    def get_object(self) -> Any:
+        from django_idempotency import conditional
+
+        instance = super().get_object()
+        if_match, self._if_match = getattr(self, "_if_match", None), None
+        if if_match is not None:
+            model = type(instance)
+            outcome = conditional.check_and_bump(
+                model._default_manager.all(),
+                {"pk": instance.pk},
+                if_match,
+                version_field=self.etag_version_field,
+                etag=self.get_etag if self.etag_version_field is None else None,
+            )
+            if isinstance(outcome, conditional.Missing):
+                from django.http import Http404
+
+                raise Http404
+            if self.etag_version_field is not None:
+                setattr(instance, self.etag_version_field, outcome.version)
+        self._etag_instance = instance
+        return instance
+
+    def perform_update(self, serializer: Any) -> None:
+        if self.etag_version_field is not None:
+            serializer.validated_data.pop(self.etag_version_field, None)
+        super().perform_update(serializer)
+
+    def handle_exception(self, exc: Exception) -> HttpResponseBase:
+        from django_idempotency import conditional
+
+        if isinstance(exc, conditional.PreconditionError):
+            return exc.response()
+        response: HttpResponseBase = super().handle_exception(exc)
+        return response
+
+    def finalize_response(
+        self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        instance = getattr(self, "_etag_instance", None)
+        if (
+            instance is not None
+            and 200 <= response.status_code < 300
+            and request.method != "DELETE"
+            and not response.has_header("ETag")
+        ):
+            from django_idempotency.conditional import quote_etag
+
+            response["ETag"] = quote_etag(self.get_etag(instance))
+        return response
+
+    def _in_transaction(self, handler: Callable[..., Any]) -> Callable[..., Any]:
+        from django.db import router, transaction
+
+        from django_idempotency.conditional import failed
+
+        def conditional_handler(request: Request, *args: Any, **kwargs: Any) -> Any:
+            database = router.db_for_write(self.get_queryset().model)
+            with transaction.atomic(using=database):
+                response = handler(request, *args, **kwargs)
+                if failed(response):
+                    transaction.set_rollback(True, using=database)
+            return response
+
+        return conditional_handler

@@ -9,4 +9,5 @@ urlpatterns = [
     *views.urlpatterns,
     path("", include("tests.testapp.race_views")),
     path("fuzz/", include("tests.testapp.fuzz_views")),
+    path("strategies/", include("tests.testapp.strategy_views")),
 ]
