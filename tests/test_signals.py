@@ -59,6 +59,15 @@ def steals_its_own_lease(request: HttpRequest) -> HttpResponse:
     return _order(request)
 
 
+@idempotent(atomic=False)
+def outside_loses_its_lease(request: HttpRequest) -> HttpResponse:
+    """A retry takes the lease over before this atomic=False attempt's checkpoint."""
+    operation = request.idempotency  # type: ignore[attr-defined]
+    IdempotencyRecord.objects.filter(pk=operation.id).update(lease_token=uuid.uuid4())
+    operation.checkpoint("charged")
+    return _order(request)
+
+
 @idempotent
 def broken(request: HttpRequest) -> HttpResponse:
     _order(request)
@@ -67,6 +76,7 @@ def broken(request: HttpRequest) -> HttpResponse:
 
 urlpatterns = [
     path("broken/", broken),
+    path("outside-loses-lease/", outside_loses_its_lease),
     path("two-phase/", two_phase),
     path("single/", single),
     path("outside/", outside),
@@ -240,6 +250,11 @@ class TestConflict:
         assert kwargs["reason"] == "lease_lost"
         assert kwargs["record"].pk == sent.only("started")["record"].pk
         assert Order.objects.count() == 0
+
+    def test_lease_lost_at_an_atomic_false_checkpoint(self, client, sent):
+        assert post(client, "/outside-loses-lease/", "k1").status_code == 409
+        assert sent.names() == ["started", "conflict"]
+        assert sent.only("conflict")["reason"] == "lease_lost"
 
     def test_lock(self, client, sent, monkeypatch):
         def locked(self: Any, **kwargs: Any) -> None:
