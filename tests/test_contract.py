@@ -265,6 +265,34 @@ def test_wait_replays_when_the_first_attempt_completes_meanwhile(post) -> None:
     assert Order.objects.count() == 0
 
 
+@pytest.mark.django_db(transaction=True)
+@override_settings(IDEMPOTENCY={"WAIT": timedelta(seconds=10)})
+def test_wait_runs_the_view_when_the_first_attempt_is_released_meanwhile(post) -> None:
+    record = IdempotencyRecordFactory(key="k1", fingerprint=request_fingerprint(data={}))
+    released = threading.Event()
+
+    def release() -> None:
+        try:
+            time.sleep(0.3)
+            IdempotencyRecord.objects.filter(pk=record.pk).delete()
+            released.set()
+        finally:
+            connections.close_all()
+
+    worker = threading.Thread(target=release)
+    worker.start()
+    try:
+        response = post("/orders/", {}, key="k1")
+    finally:
+        worker.join()
+    if not released.is_set():
+        pytest.skip(f"the second connection could not write on {connection.vendor}")
+    assert response.status_code == 201
+    assert "Idempotent-Replayed" not in response
+    assert Order.objects.count() == 1
+    assert IdempotencyRecord.objects.get().pk != record.pk
+
+
 # Missing key.
 
 

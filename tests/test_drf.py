@@ -128,6 +128,16 @@ def test_failures_in_an_apiview_release_the_key(failure: str) -> None:
     assert Order.objects.count() == 1
 
 
+def test_unparseable_body_is_400_and_releases() -> None:
+    client = APIClient()
+    response = client.post(
+        "/api/plain/", "{not json", content_type="application/json", HTTP_IDEMPOTENCY_KEY="k1"
+    )
+    assert response.status_code == 400
+    assert IdempotencyRecord.objects.count() == 0
+    assert Order.objects.count() == 0
+
+
 def test_a_4xx_the_view_returns_itself_is_stored() -> None:
     client = APIClient()
     views.CONTROL["fail"] = "409"
