@@ -1,0 +1,171 @@
+"""Natural keys and payload hashes: the intent's identity comes from the request itself.
+
+"Set invoice 7 to paid" is one intent whoever sends it, so two clerks converge on one
+execution when the key names the resource and its target state and the scope is the
+tenant both belong to (see the comment block in ``tests/testapp/strategy_views.py``).
+A webhook without an id is identified by its payload.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.test import Client
+
+from django_idempotency.models import IdempotencyRecord
+from tests.testapp.models import Charge, Order
+
+pytestmark = pytest.mark.django_db
+
+
+def member(username: str, tenant: str) -> Client:
+    user = User.objects.create_user(username)
+    group, _ = Group.objects.get_or_create(name=tenant)
+    user.groups.add(group)
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def post(client: Client, path: str, data: Any, **headers: Any) -> Any:
+    return client.post(path, data=json.dumps(data), content_type="application/json", **headers)
+
+
+@pytest.fixture
+def invoice() -> Order:
+    return Order.objects.create(reference="open", amount=100, owner="acme")
+
+
+class TestNaturalKeyOnTheDecorator:
+    def test_two_clerks_of_one_tenant_converge_on_one_payment(self, invoice: Order) -> None:
+        alice, bob = member("alice", "acme"), member("bob", "acme")
+        path = f"/strategies/invoices/{invoice.pk}/pay/"
+
+        first = post(alice, path, {"amount": 100})
+        second = post(bob, path, {"amount": 100})
+
+        assert first.status_code == second.status_code == 200
+        assert second["Idempotent-Replayed"] == "true"
+        assert second.json() == first.json()
+        assert first.json()["by"] == "alice"
+        assert Charge.objects.count() == 1
+        record = IdempotencyRecord.objects.get()
+        assert (record.scope, record.key) == ("tenant:acme", f"invoice:{invoice.pk}:paid")
+
+    def test_a_header_key_does_not_split_the_intent(self, invoice: Order) -> None:
+        alice, bob = member("alice", "acme"), member("bob", "acme")
+        path = f"/strategies/invoices/{invoice.pk}/pay/"
+
+        post(alice, path, {"amount": 100}, HTTP_IDEMPOTENCY_KEY="alice-1")
+        post(bob, path, {"amount": 100}, HTTP_IDEMPOTENCY_KEY="bob-1")
+
+        assert Charge.objects.count() == 1
+
+    def test_the_same_intent_with_another_payload_is_422(self, invoice: Order) -> None:
+        alice, bob = member("alice", "acme"), member("bob", "acme")
+        path = f"/strategies/invoices/{invoice.pk}/pay/"
+
+        post(alice, path, {"amount": 100})
+        response = post(bob, path, {"amount": 50})
+
+        assert response.status_code == 422
+        assert Charge.objects.count() == 1
+
+    def test_another_invoice_is_another_intent(self, invoice: Order) -> None:
+        other = Order.objects.create(reference="open", owner="acme")
+        alice = member("alice", "acme")
+
+        post(alice, f"/strategies/invoices/{invoice.pk}/pay/", {"amount": 100})
+        post(alice, f"/strategies/invoices/{other.pk}/pay/", {"amount": 100})
+
+        assert Charge.objects.count() == 2
+
+    def test_an_outsider_is_refused_before_any_replay(self, invoice: Order) -> None:
+        """Authorization sits above the guard: the stored answer never leaves the tenant."""
+        alice, mallory = member("alice", "acme"), member("mallory", "evil")
+        path = f"/strategies/invoices/{invoice.pk}/pay/"
+        post(alice, path, {"amount": 100})
+
+        response = post(mallory, path, {"amount": 100})
+
+        assert response.status_code == 403
+        assert b"alice" not in response.content
+        assert not response.has_header("Idempotent-Replayed")
+        assert post(Client(), path, {"amount": 100}).status_code == 403
+        assert Charge.objects.count() == 1
+        assert IdempotencyRecord.objects.count() == 1
+
+    def test_global_scope_shares_the_key_across_everyone(self, invoice: Order) -> None:
+        alice, bob = member("alice", "acme"), member("bob", "acme")
+        path = f"/strategies/invoices/{invoice.pk}/pay-global/"
+
+        post(alice, path, {"amount": 100})
+        replay = post(bob, path, {"amount": 100})
+
+        assert replay["Idempotent-Replayed"] == "true"
+        assert Charge.objects.count() == 1
+        assert IdempotencyRecord.objects.get().scope == "global"
+
+
+class TestNaturalKeyOnTheMixin:
+    def test_get_idempotency_key_makes_two_clerks_converge(self, invoice: Order) -> None:
+        alice, bob = member("alice", "acme"), member("bob", "acme")
+        path = f"/strategies/api/invoices/{invoice.pk}/pay/"
+
+        first = post(alice, path, {"amount": 100}, HTTP_IDEMPOTENCY_KEY="ignored")
+        second = post(bob, path, {"amount": 100})
+
+        assert first.status_code == second.status_code == 200
+        assert second["Idempotent-Replayed"] == "true"
+        assert (
+            second.json()
+            == first.json()
+            == {
+                "invoice": invoice.pk,
+                "payment": Charge.objects.get().pk,
+                "by": "alice",
+            }
+        )
+        record = IdempotencyRecord.objects.get()
+        assert (record.scope, record.key) == ("tenant:acme", f"invoice:{invoice.pk}:paid")
+
+    def test_permissions_run_before_the_guard(self, invoice: Order) -> None:
+        alice, mallory = member("alice", "acme"), member("mallory", "evil")
+        path = f"/strategies/api/invoices/{invoice.pk}/pay/"
+        post(alice, path, {"amount": 100})
+
+        assert post(mallory, path, {"amount": 100}).status_code == 403
+        assert post(Client(), path, {"amount": 100}).status_code in (401, 403)
+        assert Charge.objects.count() == 1
+        assert IdempotencyRecord.objects.count() == 1
+
+
+@pytest.mark.parametrize("path", ["/strategies/webhooks/", "/strategies/api/webhooks/"])
+class TestPayloadHash:
+    def test_identical_payloads_run_once(self, client: Client, path: str) -> None:
+        event = {"event": "invoice.paid", "invoice": 7, "at": "2025-01-01T10:00:00Z"}
+
+        first = post(client, path, event)
+        again = post(client, path, event)
+
+        assert first.status_code == again.status_code == 201
+        assert again["Idempotent-Replayed"] == "true"
+        assert again.json() == first.json()
+        assert Order.objects.count() == 1
+        assert IdempotencyRecord.objects.get().key.startswith("payload:")
+
+    def test_key_order_and_white_space_do_not_matter(self, client: Client, path: str) -> None:
+        client.post(path, data='{"event": "a", "n": 1}', content_type="application/json")
+        client.post(path, data='{ "n":1,\n "event":"a" }', content_type="application/json")
+
+        assert Order.objects.count() == 1
+
+    def test_different_payloads_run(self, client: Client, path: str) -> None:
+        post(client, path, {"event": "invoice.paid", "invoice": 7})
+        post(client, path, {"event": "invoice.paid", "invoice": 8})
+
+        assert Order.objects.count() == 2
+        assert IdempotencyRecord.objects.count() == 2
