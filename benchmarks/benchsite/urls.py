@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import include, path
 
 from benchsite import chaos_views, views
 
 urlpatterns = [
+    path("idempotency/", include("django_idempotency.urls")),
     path("health/", views.health),
     path("bare/", views.bare),
     path("two-phase/", views.two_phase),

@@ -7,6 +7,7 @@ that crossed scopes or ran twice would show.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -31,20 +32,16 @@ PRIVATE_HEADERS = {
     "Trailer": "X-Checksum",
     "Upgrade": "h2c",
     "Date": "Tue, 01 Jan 2030 00:00:00 GMT",
-    "Vary": "Cookie",
+    "Vary": "X-Private-Vary",
     "X-CSRFToken": "secret-csrf",
     "Authorization": "Bearer leaked",
 }
 
 
 def _who(request: Any) -> str:
-    user = getattr(request, "user", None)
-    if user is not None and user.is_authenticated:
-        return f"user:{user.pk}"
-    session = getattr(request, "session", None)
-    if session is not None and session.session_key:
-        return f"session:{session.session_key}"
-    return "anonymous"
+    """Who the view ran for: the scope the guard computed for this attempt."""
+    operation = getattr(request, "idempotency", None)
+    return operation.scope if operation is not None else "unguarded"
 
 
 def _answer(request: Any, order: Order, status: int = 201) -> JsonResponse:
@@ -117,6 +114,15 @@ def private_headers(request: HttpRequest) -> HttpResponse:
     return response
 
 
+@idempotent
+def echo_headers(request: HttpRequest) -> HttpResponse:
+    """Sets the response headers the JSON body names: for fuzzing the header allow-list."""
+    response = _answer(request, _order(request))
+    for name, value in json.loads(request.body)["headers"]:
+        response[name] = value
+    return response
+
+
 @idempotent(scope=by_user_or_session)
 def session_scoped(request: HttpRequest) -> HttpResponse:
     return _answer(request, _order(request))
@@ -151,6 +157,7 @@ urlpatterns = [
     path("reads-body/", reads_body),
     path("big/", big),
     path("private-headers/", private_headers),
+    path("echo-headers/", echo_headers),
     path("session/", session_scoped),
     path("api/", ApiOrders.as_view()),
 ]

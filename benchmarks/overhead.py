@@ -1,0 +1,281 @@
+"""Overhead benchmark: what the guard costs per mode, against the bare view and the floor.
+
+gunicorn (4 sync workers, persistent connections) serves ``benchsite`` against
+PostgreSQL on loopback; wrk, in its own process, drives one endpoint at a time with a
+Lua script that sends a unique ``Idempotency-Key`` per request (or, for replays, cycles
+through keys completed beforehand). Phases are interleaved and repeated, so drift in
+the machine's load hits every mode alike. Each mode is compared with:
+
+- the **bare** view (the same create-order view, unguarded), and
+- its **floor**: the bare view plus, as raw SQL, the fewest statements a correct guard
+  must run (claim INSERT + fenced finalize UPDATE; one SELECT for a replay).
+
+The statements each mode adds are counted with ``connection.execute_wrapper`` on one
+in-process request per mode. Targets: two-phase >= 0.6 of bare, single-transaction >=
+0.7, replay >= 1.5, each >= 0.9 of its floor.
+
+Needs wrk (``apt-get install -y wrk``) and gunicorn (``pip install gunicorn``)::
+
+    python benchmarks/overhead.py                       # 3 rotations x 10 s per phase
+    python benchmarks/overhead.py --seconds 3           # a quick check of the script
+
+Run it on a quiet machine: with 2 cores, everything else running skews every phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import serve
+
+DATABASE = "idem_bench"
+BODY = '{"reference": "bench", "amount": 1}'
+REPLAY_KEYS = 200
+
+# phase name -> (path, key kind)
+PHASES = {
+    "bare": ("/bare/", "none"),
+    "two-phase": ("/two-phase/", "unique"),
+    "floor two-phase": ("/floor/two-phase/", "unique"),
+    "single": ("/single/", "unique"),
+    "floor single": ("/floor/single/", "unique"),
+    "non-atomic": ("/non-atomic/", "unique"),
+    "floor non-atomic": ("/floor/non-atomic/", "unique"),
+    "replay": ("/two-phase/", "replay"),
+    "floor replay": ("/floor/replay/", "replay"),
+}
+MODES = ["two-phase", "single", "non-atomic", "replay"]
+TARGETS = {"two-phase": 0.6, "single": 0.7, "replay": 1.5}
+FLOOR_TARGET = 0.9
+
+LUA = """
+local counter = 0
+local prefix = os.getenv("WRK_PREFIX")
+local kind = os.getenv("WRK_KEYS")
+local replay_keys = tonumber(os.getenv("WRK_REPLAY_KEYS"))
+local body = os.getenv("WRK_BODY")
+local threads = {}
+
+function setup(thread)
+  thread:set("tid", tostring(#threads + 1))
+  table.insert(threads, thread)
+end
+
+function request()
+  counter = counter + 1
+  local headers = {["Content-Type"] = "application/json"}
+  if kind == "unique" then
+    headers["Idempotency-Key"] = prefix .. "-" .. tid .. "-" .. counter
+  elseif kind == "replay" then
+    headers["Idempotency-Key"] = "replay-" .. (counter % replay_keys)
+  end
+  return wrk.format("POST", nil, headers, body)
+end
+
+function done(summary, latency, requests)
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "status_errors": %d, "socket_errors": %d, '
+    .. '"p50_us": %d, "p99_us": %d, "mean_us": %f}\\n',
+    summary.requests, summary.duration, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99), latency.mean))
+end
+"""
+
+
+# ---------------------------------------------------------------- statements per mode
+
+
+def count_statements(url: str) -> dict[str, list[str]]:
+    """One in-process request per mode, its SQL recorded by an execute_wrapper."""
+    os.environ.update(serve.site_env(url, CONN_MAX_AGE="0"))
+    import django
+
+    django.setup()
+    from django.db import connection
+    from django.test import Client
+
+    client = Client()
+    statements: dict[str, list[str]] = {}
+
+    def run(name: str, path: str, key: str | None) -> None:
+        recorded: list[str] = []
+
+        def wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+            recorded.append(" ".join(sql.split()[:3]) + (" ..." if len(sql.split()) > 3 else ""))
+            return execute(sql, params, many, context)
+
+        headers = {"HTTP_IDEMPOTENCY_KEY": key} if key else {}
+        with connection.execute_wrapper(wrapper):
+            response = client.post(path, BODY, content_type="application/json", **headers)
+        if response.status_code != 201:
+            raise RuntimeError(f"{path}: {response.status_code} {response.content[:200]!r}")
+        statements[name] = recorded
+
+    for name, (path, kind) in PHASES.items():
+        key = {"none": None, "unique": f"count-{uuid.uuid4()}", "replay": "count-replay"}[kind]
+        if kind == "replay":
+            client.post(
+                "/two-phase/", BODY, content_type="application/json", HTTP_IDEMPOTENCY_KEY=key
+            )
+        run(name, path, key)
+    connection.close()
+    return statements
+
+
+# ---------------------------------------------------------------- load
+
+
+def prepare_replays(base: str) -> None:
+    for number in range(REPLAY_KEYS):
+        request = urllib.request.Request(
+            base + "/two-phase/",
+            data=BODY.encode(),
+            headers={"Content-Type": "application/json", "Idempotency-Key": f"replay-{number}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            if answer.status != 201:
+                raise RuntimeError(f"replay key {number}: {answer.status}")
+
+
+def wrk(base: str, name: str, seconds: float, options: argparse.Namespace, script: Path) -> dict:
+    path, kind = PHASES[name]
+    env = dict(
+        os.environ,
+        WRK_PREFIX=uuid.uuid4().hex[:12],
+        WRK_KEYS=kind,
+        WRK_REPLAY_KEYS=str(REPLAY_KEYS),
+        WRK_BODY=BODY,
+    )
+    command = [
+        "wrk",
+        f"-t{options.threads}",
+        f"-c{options.connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        base + path,
+    ]
+    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in output.splitlines() if line.startswith("{"))
+    result: dict[str, Any] = json.loads(line)
+    return result
+
+
+def aggregate(runs: list[dict]) -> dict[str, float]:
+    requests = sum(run["requests"] for run in runs)
+    seconds = sum(run["duration_us"] for run in runs) / 1e6
+    return {
+        "rps": requests / seconds,
+        "p50": statistics.median(run["p50_us"] for run in runs) / 1000,
+        "p99": statistics.median(run["p99_us"] for run in runs) / 1000,
+        "errors": sum(run["status_errors"] + run["socket_errors"] for run in runs),
+        "requests": requests,
+    }
+
+
+def report(results: dict[str, dict[str, float]], statements: dict[str, list[str]]) -> bool:
+    bare = results["bare"]
+    print(f"\n{'phase':18} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'SQL':>4}")
+    for name, result in results.items():
+        print(
+            f"{name:18} {result['rps']:8.0f} {result['p50']:7.2f} {result['p99']:7.2f} "
+            f"{result['errors']:6.0f} {len(statements[name]):4d}"
+        )
+    print(
+        f"\n{'mode':12} {'rps/bare':>8} {'rps/floor':>9} {'p50/bare':>8} {'p99/bare':>8} "
+        f"{'p50/floor':>9} {'p99/floor':>9} {'+SQL':>5} {'+SQL/floor':>10}  target"
+    )
+    ok = True
+    for mode in MODES:
+        result, floor = results[mode], results[f"floor {mode}"]
+        to_bare = result["rps"] / bare["rps"]
+        to_floor = result["rps"] / floor["rps"]
+        target = TARGETS.get(mode)
+        met = (target is None or to_bare >= target) and to_floor >= FLOOR_TARGET
+        ok = ok and met
+        added = len(statements[mode]) - len(statements["bare"])
+        over_floor = len(statements[mode]) - len(statements[f"floor {mode}"])
+        goal = f">= {target} bare, " if target else ""
+        print(
+            f"{mode:12} {to_bare:8.2f} {to_floor:9.2f} {result['p50'] / bare['p50']:8.2f} "
+            f"{result['p99'] / bare['p99']:8.2f} {result['p50'] / floor['p50']:9.2f} "
+            f"{result['p99'] / floor['p99']:9.2f} {added:+5d} {over_floor:+10d}  "
+            f"{goal}>= {FLOOR_TARGET} floor: {'met' if met else 'MISSED'}"
+        )
+    print("\nstatements per request (execute_wrapper, one in-process request each):")
+    for name, sql in statements.items():
+        verbs = Counter(statement.split()[0] for statement in sql)
+        print(f"  {name:18} {len(sql)}: {dict(verbs)}")
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=10, help="per phase and rotation")
+    parser.add_argument("--rotations", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--connections", type=int, default=4, help="wrk -c")
+    parser.add_argument("--threads", type=int, default=1, help="wrk -t")
+    parser.add_argument("--only", nargs="*", default=None, help="phases to run (and bare)")
+    options = parser.parse_args()
+    if shutil.which("wrk") is None:
+        parser.error("wrk is missing: apt-get install -y wrk")
+    serve.recreate_database("postgres", DATABASE)
+    url = serve.database_url("postgres", DATABASE)
+    serve.migrate(url)
+    statements = count_statements(url)
+    log = Path(tempfile.gettempdir()) / "overhead-gunicorn.log"
+    server = serve.Gunicorn(
+        url, workers=options.workers, timeout=30, log=log, env={"CONN_MAX_AGE": "600"}
+    )
+    script = Path(tempfile.mkdtemp(prefix="overhead-")) / "keys.lua"
+    script.write_text(LUA)
+    names = list(PHASES) if not options.only else ["bare", *options.only]
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    try:
+        prepare_replays(server.base)
+        for name in names:  # warm every worker's connection and code path
+            wrk(server.base, name, 1, options, script)
+        started = time.monotonic()
+        for rotation in range(options.rotations):
+            order = names[rotation % len(names) :] + names[: rotation % len(names)]
+            for name in order:
+                runs[name].append(wrk(server.base, name, options.seconds, options, script))
+            print(f"rotation {rotation + 1}/{options.rotations} done", flush=True)
+        elapsed = time.monotonic() - started
+    finally:
+        server.stop()
+        shutil.rmtree(script.parent, ignore_errors=True)
+    results = {name: aggregate(runs[name]) for name in names}
+    print(
+        f"gunicorn {options.workers} sync workers, wrk -t{options.threads} "
+        f"-c{options.connections}, {options.rotations} rotations x {options.seconds} s "
+        f"per phase ({elapsed:.0f} s)"
+    )
+    if options.only:
+        for name in names:
+            print(name, results[name])
+        return 0
+    return 0 if report(results, statements) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
