@@ -68,7 +68,16 @@ def literal(text: str) -> object:
 
 
 def problems() -> list[responses.Problem]:
-    found = [value for value in vars(responses).values() if isinstance(value, responses.Problem)]
+    """Every problem type the package can answer with: its ``type`` URI links to the docs."""
+    modules = [responses]
+    if importlib.util.find_spec("django_idempotency.conditional") is not None:
+        modules.append(importlib.import_module("django_idempotency.conditional"))
+    found = [
+        value
+        for module in modules
+        for value in vars(module).values()
+        if isinstance(value, responses.Problem)
+    ]
     assert found, "no Problem instances found in django_idempotency.responses"
     return found
 
@@ -128,6 +137,7 @@ def test_every_problem_type_has_its_anchor(problem: responses.Problem) -> None:
 @pytest.mark.parametrize("problem", problems(), ids=lambda problem: problem.slug)
 def test_every_problem_type_is_in_the_http_reference(problem: responses.Problem) -> None:
     pages = read("reference/http.md") + read("reference/status-endpoint.md")
+    pages += read("how-to/conditional-updates.md")
     assert f"`{problem.slug}`" in pages
 
 
