@@ -8,7 +8,9 @@ The engine answers with one ``Outcome``; the adapter turns that into HTTP.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import hashlib
 import logging
 import math
 from collections.abc import Callable
@@ -16,11 +18,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
-from django.db import DatabaseError, connections, router, transaction
+from django.db import DatabaseError, IntegrityError, connections, router, transaction
 from django.utils import timezone
 
 from django_idempotency import signals
-from django_idempotency.errors import is_lock_conflict
+from django_idempotency.errors import STORE_ERRORS, is_lock_conflict
 from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet, Status
 
 logger = logging.getLogger("django_idempotency")
@@ -162,13 +164,36 @@ def execute(
         return _single_transaction(records, intent, policy, work, capture)
     try:
         claimed = _claim_committed(records, intent, policy)
-    except DatabaseError as exc:
+    except STORE_ERRORS as exc:
         return _database_failure(exc, intent)
     if not isinstance(claimed, IdempotencyRecord):
         return claimed
     if policy.mode is Mode.NON_ATOMIC:
         return _run_outside_transaction(records, claimed, intent, policy, work, capture)
     return _run_in_transaction(records, claimed, intent, policy, work, capture)
+
+
+def _fitted(intent: Intent) -> Intent:
+    """An intent whose values fit the record's columns, never silently cut.
+
+    MySQL's ``INSERT IGNORE`` (the claim) stores a too-long value truncated, with only a
+    warning: a retry would then never match its own record. A long fingerprint is
+    opaque, so it is hashed down; a long key or scope is a caller's bug.
+    """
+    for name in ("scope", "key"):
+        limit = _max_length(name)
+        if limit is not None and len(getattr(intent, name)) > limit:
+            raise ValueError(f"An idempotency {name} is at most {limit} characters long.")
+    limit = _max_length("fingerprint")
+    if limit is not None and len(intent.fingerprint) > limit:
+        digest = hashlib.sha256(intent.fingerprint.encode()).hexdigest()
+        intent = dataclasses.replace(intent, fingerprint=digest)
+    return intent
+
+
+def _max_length(name: str) -> int | None:
+    length: int | None = getattr(IdempotencyRecord._meta.get_field(name), "max_length", None)
+    return length
 
 
 def _claim_committed(
@@ -189,6 +214,7 @@ def _claim_committed(
 def _claim(
     records: IdempotencyRecordQuerySet, intent: Intent, policy: Policy
 ) -> IdempotencyRecord | Replay | InProgress | Mismatch | Busy:
+    intent = _fitted(intent)
     for _ in range(CLAIM_ROUNDS):
         record = records.claim(
             scope=intent.scope,
@@ -245,27 +271,37 @@ def _run_in_transaction(
     work: Callable[[Operation], R],
     capture: Callable[[R], Stored | None],
 ) -> Outcome[R]:
-    """Phase 2: the work's writes and "done" commit together or not at all."""
+    """Phase 2: the work's writes and "done" commit together or not at all.
+
+    The row lock waits (no NOWAIT): a retry whose take-over fails holds our row for an
+    instant and must not make this attempt give up. If the lock itself times out or
+    deadlocks, someone is acting on our record (a take-over of an expired lease), so it
+    is left to them rather than released.
+    """
     stored: Stored | None = None
+    stage = "lock"
     try:
         with transaction.atomic(using=records.db):
             if not records.lock(record):
                 raise LeaseLost
+            stage = "work"
             value = work(Operation(record, records))
             stored = capture(value)
+            stage = "finalize"
             if stored is None:
                 transaction.set_rollback(True, using=records.db)
             elif not _finalize(records, record, stored, policy):
                 raise LeaseLost
+            stage = "commit"
     except LeaseLost:
         _send(signals.operation_conflict, record, intent, reason="lease_lost")
         return Busy("lease_lost")
-    except DatabaseError as exc:
-        _forget(records, record)
-        if is_lock_conflict(exc):
-            _send(signals.operation_conflict, record, intent, reason="lock")
-            return Busy("lock")
-        raise
+    except STORE_ERRORS as exc:
+        if not (stage == "lock" and is_lock_conflict(exc)):
+            _forget(records, record)
+        if _belongs_to_work(exc, stage):
+            raise
+        return _database_failure(exc, intent, record)
     except BaseException:
         _forget(records, record)
         raise
@@ -291,7 +327,14 @@ def _run_outside_transaction(
         value = work(Operation(record, records))
         stored = capture(value)
     except LeaseLost:
+        _send(signals.operation_conflict, record, intent, reason="lease_lost")
         return Busy("lease_lost")
+    except STORE_ERRORS as exc:
+        _unlock(records, record)
+        if is_lock_conflict(exc):
+            _send(signals.operation_conflict, record, intent, reason="lock")
+            return Busy("lock")
+        raise
     except BaseException:
         _unlock(records, record)
         raise
@@ -300,8 +343,9 @@ def _run_outside_transaction(
         return Executed(value, None)
     try:
         finalized = _finalize(records, record, stored, policy)
-    except DatabaseError as exc:
-        return _database_failure(exc, intent)
+    except STORE_ERRORS as exc:
+        _unlock(records, record)
+        return _database_failure(exc, intent, record)
     if not finalized:
         _send(signals.operation_conflict, record, intent, reason="lease_lost")
         return Busy("lease_lost")
@@ -323,28 +367,41 @@ def _single_transaction(
     """
     stored: Stored | None = None
     claimed: Any = None
+    stage = "claim"
     try:
         with transaction.atomic(using=records.db):
             records.bound_lock_wait(policy.wait or policy.lease)
             claimed = _claim(records, intent, policy)
             if not isinstance(claimed, IdempotencyRecord):
                 return claimed  # type: ignore[no-any-return]
+            stage = "work"
             value = work(Operation(claimed, records))
             stored = capture(value)
+            stage = "finalize"
             if stored is None:
                 transaction.set_rollback(True, using=records.db)
             elif not _finalize(records, claimed, stored, policy):
                 raise LeaseLost
+            stage = "commit"
     except LeaseLost:
         return Busy("lease_lost")
-    except DatabaseError as exc:
-        if isinstance(claimed, IdempotencyRecord) and not is_lock_conflict(exc):
+    except STORE_ERRORS as exc:
+        if _belongs_to_work(exc, stage):
             raise
         return _database_failure(exc, intent)
     if stored is None:
         return Executed(value, None)
     _send(signals.operation_completed, claimed, intent)
     return Executed(value, claimed)
+
+
+def _belongs_to_work(exc: Exception, stage: str) -> bool:
+    """Whether a database error is the work's own bug (it propagates, a 500) rather than
+    the store's: a lock conflict anywhere is a 409, any failure of our own statements
+    (begin, claim, lock, finalize, or a commit not refused for the work's data) a 503."""
+    if is_lock_conflict(exc):
+        return False
+    return stage == "work" or (stage == "commit" and isinstance(exc, IntegrityError))
 
 
 def _finalize(
@@ -358,20 +415,22 @@ def _finalize(
 def _forget(records: IdempotencyRecordQuerySet, record: IdempotencyRecord) -> None:
     try:
         records.release(record)
-    except DatabaseError:
+    except STORE_ERRORS:
         logger.warning("Could not release %s; a retry takes over after its lease.", record.pk)
 
 
 def _unlock(records: IdempotencyRecordQuerySet, record: IdempotencyRecord) -> None:
     try:
         records.unlock(record)
-    except DatabaseError:
+    except STORE_ERRORS:
         logger.warning("Could not unlock %s; a retry takes over after its lease.", record.pk)
 
 
-def _database_failure(exc: DatabaseError, intent: Intent) -> Busy | Unavailable:
+def _database_failure(
+    exc: Exception, intent: Intent, record: IdempotencyRecord | None = None
+) -> Busy | Unavailable:
     if is_lock_conflict(exc):
-        _send(signals.operation_conflict, None, intent, reason="lock")
+        _send(signals.operation_conflict, record, intent, reason="lock")
         return Busy("lock")
     logger.error("Idempotency store unavailable: %s", exc, exc_info=exc)
     return Unavailable(exc)

@@ -7,7 +7,11 @@ means the store is unusable and is answered with 503.
 
 from __future__ import annotations
 
-from django.db import DatabaseError
+from django.db import DatabaseError, InterfaceError
+
+#: What a failing store raises. ``InterfaceError`` is no ``DatabaseError`` (PEP 249),
+#: yet psycopg2 raises it for any statement on a connection that was lost.
+STORE_ERRORS = (DatabaseError, InterfaceError)
 
 # PostgreSQL SQLSTATEs: deadlock_detected, lock_not_available, serialization_failure.
 POSTGRES_LOCK_STATES = frozenset({"40P01", "55P03", "40001"})

@@ -33,8 +33,9 @@ def test_duplicates_of_a_slow_view_run_it_once(path: str, race: dict[str, object
         assert send(path, key).body == executed.body  # and a late retry replays it
 
 
-def test_duplicates_are_answered_while_the_first_still_runs(vendor: str) -> None:
-    """Two-phase: the claim commits first, so duplicates get 409 without waiting."""
+def test_duplicates_are_answered_while_the_first_still_runs(row_locks: None) -> None:
+    """Two-phase: the claim commits first, so duplicates get 409 without waiting
+    (on SQLite the first's write transaction locks out every other writer)."""
     from tests.concurrency.threads import Worker
     from tests.testapp.race_views import RACE, Hold
 
@@ -61,8 +62,13 @@ def test_single_transaction_duplicates_wait_then_replay(race: dict[str, object])
 
 
 @pytest.mark.parametrize("path", ["/race/two-phase/", "/race/single/", "/race/non-atomic/"])
-def test_duplicates_released_together_run_once(path: str) -> None:
+def test_duplicates_released_together_run_once(path: str, vendor: str) -> None:
     """No sleep: every thread reaches the claim at the same instant, many times."""
+    if vendor == "sqlite" and path == "/race/non-atomic/":
+        pytest.skip(
+            "in-memory SQLite (shared cache) fails a lock wait at once: the claimer's own "
+            "autocommit write may get 409 too, so 'exactly one ran' does not hold there"
+        )
     for _round in range(15):
         key = new_key("burst")
         results = together(THREADS, lambda _i, key=key: send(path, key))

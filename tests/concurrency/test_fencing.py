@@ -3,13 +3,15 @@ crashed attempt is taken over exactly once."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection, transaction
 from django.utils import timezone
 
 from django_idempotency import signals
@@ -57,20 +59,29 @@ def finished(workers: list[Worker], count: int, timeout: float = 15) -> list[Wor
 
 
 @pytest.fixture
-def stall_after_claim() -> Iterator[Hold]:
-    """Holds the first attempt that claims between its committed claim and its execute
-    transaction, the way a paused worker (GC, swapped out, slow network) would."""
-    hold = Hold()
-    armed = [hold]
+def after_claim() -> Iterator[Callable[[Callable[[], None]], None]]:
+    """``after_claim(step)``: the first attempt 1 to claim runs ``step`` in its own thread,
+    between its committed claim and its execute transaction."""
+    steps: list[Callable[[], None]] = []
 
     def receiver(sender: Any, record: Any, **kwargs: Any) -> None:
-        if armed and record.attempts == 1:
-            armed.pop().block()
+        if steps and record.attempts == 1:
+            steps.pop()()
 
     signals.operation_started.connect(receiver, weak=False)
+    yield steps.append
+    steps.clear()
+    signals.operation_started.disconnect(receiver)
+
+
+@pytest.fixture
+def stall_after_claim(after_claim: Callable[[Callable[[], None]], None]) -> Iterator[Hold]:
+    """Holds attempt 1 after its claim, the way a paused worker (GC, swapped out, slow
+    network) would, until the test releases it."""
+    hold = Hold()
+    after_claim(hold.block)
     yield hold
     hold.release()
-    signals.operation_started.disconnect(receiver)
 
 
 @pytest.mark.parametrize("checkpoint", [False, True], ids=["finalize", "checkpoint"])
@@ -229,3 +240,100 @@ def test_single_transaction_retries_of_a_crashed_attempt_run_once(
         assert len([r for r in results if r.status == 201 and not r.replayed]) == 1
         assert Order.objects.filter(reference=key).count() == 1
         assert IdempotencyRecord.objects.get(key=key).attempts == 2
+
+
+def test_stale_attempt_waits_for_the_taker_then_gets_409(
+    race: dict[str, Any], stall_after_claim: Hold, row_locks: None
+) -> None:
+    """Attempt 1 resumes while attempt 2 (which took over) is inside its transaction:
+    attempt 1's row lock waits for it, then re-reads the row, finds another lease
+    token, and stops: 409, no write of its own."""
+    path = "/race/held/two-phase/"
+    inside = race["inside"] = Hold()
+    key = new_key("fence-wait")
+    first = Worker(lambda: send(path, key))
+    stall_after_claim.wait_entered()
+    expire_lease(key)
+    second = Worker(lambda: send(path, key))
+    inside.wait_entered()  # attempt 2 holds the record's row lock
+
+    stall_after_claim.release()
+    inside.release()
+
+    taken = second.result()
+    assert (taken.status, taken.json["attempt"]) == (201, 2)
+    assert_conflict(first.result(), "idempotency-lease-lost")
+    assert Order.objects.filter(reference=key).count() == 1
+    record = IdempotencyRecord.objects.get(key=key)
+    assert (record.attempts, bytes(record.response_body)) == (2, taken.body)
+
+
+def test_record_lock_timeout_before_execute_is_a_409_left_to_the_holder(
+    after_claim: Callable[[Callable[[], None]], None], vendor: str, row_locks: None
+) -> None:
+    """Attempt 1's own row lock times out (a retry is taking over its lease and holds
+    the row): 409, not a 500, and the record is left alone for whoever holds it."""
+    key = new_key("fence-locked")
+    ready, proceed = threading.Event(), threading.Event()
+
+    def bounded_wait_then_go() -> None:
+        with connection.cursor() as cursor:  # this request's connection only
+            if vendor == "postgresql":
+                cursor.execute("SET lock_timeout = '100ms'")
+            else:
+                cursor.execute("SET SESSION innodb_lock_wait_timeout = 1")
+        ready.set()
+        assert proceed.wait(15)
+
+    after_claim(bounded_wait_then_go)
+    first = Worker(lambda: send("/race/two-phase/", key))
+    assert ready.wait(15)
+    holding, release = threading.Event(), threading.Event()
+
+    def take_the_row() -> None:
+        with transaction.atomic():
+            IdempotencyRecord.objects.select_for_update().get(key=key)
+            holding.set()
+            release.wait(15)
+
+    holder = Worker(take_the_row)
+    assert holding.wait(15)
+    proceed.set()
+    refused = first.result()
+    release.set()
+    assert holder.result() is None
+
+    assert_conflict(refused, "idempotency-lock-conflict")
+    record = IdempotencyRecord.objects.get(key=key)
+    assert (record.status, record.attempts) == (IdempotencyRecord.Status.IN_PROGRESS, 1)
+    assert Order.objects.filter(reference=key).count() == 0
+    expire_lease(key)
+    retry = send("/race/two-phase/", key)
+    assert retry.status == 201
+    assert IdempotencyRecord.objects.get(key=key).attempts == 2
+
+
+def test_store_lost_between_claim_and_execute_is_a_503(
+    after_claim: Callable[[Callable[[], None]], None], vendor: str, row_locks: None
+) -> None:
+    """The database connection dies after the claim: 503, not a 500; the claim stays,
+    and a retry takes it over once its lease has run out."""
+    key = new_key("store-lost")
+    after_claim(lambda: connection.connection.close())
+
+    lost = send_in_thread("/race/two-phase/", key)
+
+    assert lost.status == 503, lost
+    assert lost.problem["type"].endswith("idempotency-unavailable")
+    assert lost.retry_after is not None
+    assert Order.objects.filter(reference=key).count() == 0
+    assert IdempotencyRecord.objects.get(key=key).status == IdempotencyRecord.Status.IN_PROGRESS
+    expire_lease(key)
+    retry = send("/race/two-phase/", key)
+    assert retry.status == 201
+    assert Order.objects.filter(reference=key).count() == 1
+
+
+def send_in_thread(path: str, key: str) -> Any:
+    """A request on a connection of its own (the test may break that connection)."""
+    return Worker(lambda: send(path, key)).result()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -52,28 +52,32 @@ def test_deadlock_between_two_keys_is_a_409_and_the_key_is_free(
 
 
 @pytest.fixture
-def locked_order(row_locks: None) -> Iterator[tuple[Order, threading.Event]]:
-    """An order row-locked by another connection until the event is set."""
+def locked_order(row_locks: None) -> Iterator[tuple[Order, Callable[[], None]]]:
+    """An order row-locked by another connection until ``release()`` returns."""
     order = Order.objects.create(reference="held")
-    locked, release = threading.Event(), threading.Event()
+    locked, gate = threading.Event(), threading.Event()
 
     def hold() -> None:
         with transaction.atomic():
             Order.objects.select_for_update().get(pk=order.pk)
             locked.set()
-            release.wait(15)
+            gate.wait(15)
 
     holder = Worker(hold)
+
+    def release() -> None:
+        gate.set()
+        assert holder.result() is None  # committed: the lock is gone
+
     assert locked.wait(15)
     yield order, release
-    release.set()
-    assert holder.result() is None
+    release()
 
 
 @pytest.mark.parametrize("how", ["nowait", "timeout"])
 @pytest.mark.parametrize("mode", ["two-phase", "single"])
 def test_lock_timeout_is_a_409_and_the_key_is_free(
-    mode: str, how: str, locked_order: tuple[Order, threading.Event]
+    mode: str, how: str, locked_order: tuple[Order, Callable[[], None]]
 ) -> None:
     order, release = locked_order
     witness = Order.objects.create(reference="witness")
@@ -86,7 +90,7 @@ def test_lock_timeout_is_a_409_and_the_key_is_free(
     assert not IdempotencyRecord.objects.filter(key=key).exists()
     witness.refresh_from_db()
     assert witness.amount == 0  # the view's earlier write was rolled back
-    release.set()
+    release()
     retry = send(f"/race/grab/{mode}/", key, body)
     assert retry.status == 200 and not retry.replayed
     witness.refresh_from_db()
@@ -95,7 +99,7 @@ def test_lock_timeout_is_a_409_and_the_key_is_free(
 
 @pytest.mark.parametrize("how", ["nowait", "timeout"])
 def test_non_atomic_view_lock_conflict_is_a_409_and_the_retry_takes_over(
-    how: str, locked_order: tuple[Order, threading.Event]
+    how: str, locked_order: tuple[Order, Callable[[], None]]
 ) -> None:
     """atomic=False: the record is kept (the view may have reached outside the database)
     with its lease ended, so the retry resumes the same operation."""
@@ -110,7 +114,7 @@ def test_non_atomic_view_lock_conflict_is_a_409_and_the_retry_takes_over(
     record = IdempotencyRecord.objects.get(key=key)
     assert record.status == IdempotencyRecord.Status.IN_PROGRESS
     assert not record.lease_is_live()
-    release.set()
+    release()
     retry = send("/race/grab/non-atomic/", key, body)
     assert retry.status == 200
     record.refresh_from_db()

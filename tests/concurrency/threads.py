@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connection
+from django.db import Error, connection
 from django.test import Client
 
 JOIN_TIMEOUT = 30.0
@@ -58,7 +58,17 @@ def send(path: str, key: str, data: Any = None) -> Reply:
 
 
 def _close_connection() -> None:
-    connection.close()
+    try:
+        if connection.vendor == "sqlite" and connection.is_in_memory_db():
+            # Django never closes an in-memory database; this thread's handle must go,
+            # or SQLite's shared-cache table locks outlive the thread.
+            if connection.connection is not None:
+                connection.connection.close()
+                connection.connection = None
+            return
+        connection.close()
+    except Error:  # a test may have cut this connection already
+        connection.connection = None
 
 
 class Worker:

@@ -9,6 +9,7 @@ effects of one key with ``Order.objects.filter(reference=key)``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -232,3 +233,16 @@ urlpatterns = [
     path("race/grab/single/", grab_single),
     path("race/grab/non-atomic/", grab_non_atomic),
 ]
+
+
+def _long_fingerprint(request: HttpRequest) -> str:
+    """Longer than the fingerprint column (64): MySQL's INSERT IGNORE would cut it."""
+    return "custom:" + hashlib.sha512(request.body).hexdigest()
+
+
+@idempotent(fingerprint=_long_fingerprint)
+def long_fingerprint(request: HttpRequest) -> HttpResponse:
+    return _created(_create(request))
+
+
+urlpatterns += [path("race/long-fingerprint/", long_fingerprint)]
