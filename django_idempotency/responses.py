@@ -16,6 +16,8 @@ from django_idempotency.models import IdempotencyRecord
 REPLAYED_HEADER = "Idempotent-Replayed"
 STORED_HEADERS = frozenset(
     {"content-type", "location", "content-location", "etag", "last-modified", "link"}
+    # They describe the stored bytes: gzip bytes replayed without their encoding are garbage.
+    | {"content-encoding", "content-language", "content-disposition"}
 )
 # Never stored, even when they start with X-: they belong to one client or one hop.
 NEVER_STORED = frozenset(

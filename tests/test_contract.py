@@ -22,6 +22,7 @@ from tests.testapp.models import Order
 pytestmark = pytest.mark.django_db
 
 STORED = {"Content-Type", "Location", "Content-Location", "ETag", "Last-Modified", "Link"}
+# Also stored, when the view sets them: Content-Encoding, -Language, -Disposition.
 NEVER = {
     "set-cookie",
     "date",
@@ -107,6 +108,17 @@ def test_per_client_and_hop_by_hop_headers_are_never_stored_or_replayed(post) ->
         assert name not in again, name
     assert "WWW-Authenticate" not in again
     assert "Proxy-Authenticate" not in again
+
+
+def test_representation_headers_of_the_stored_body_are_replayed(post) -> None:
+    """Content-Encoding, -Language and -Disposition describe the stored bytes: gzip
+    bytes replayed without ``Content-Encoding: gzip`` would be garbage to the client."""
+    first = post("/orders/download/", {}, key="k1")
+    again = post("/orders/download/", {}, key="k1")
+    assert again["Idempotent-Replayed"] == "true"
+    assert again.content == first.content
+    for name in ("Content-Type", "Content-Encoding", "Content-Language", "Content-Disposition"):
+        assert again[name] == first[name], name
 
 
 def test_replay_of_a_body_without_content_type(post) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from datetime import timedelta
@@ -372,6 +373,19 @@ def template_order(request: HttpRequest) -> TemplateResponse:
     return TemplateResponse(request, template, {"order": order, "amount": order.amount}, status=201)
 
 
+@idempotent
+def encoded_download(request: HttpRequest) -> HttpResponse:
+    """A body the view encoded itself, sent as a download."""
+    order = _create(request)
+    response = HttpResponse(
+        gzip.compress(f"order {order.pk}".encode(), mtime=0), content_type="text/plain"
+    )
+    response["Content-Encoding"] = "gzip"
+    response["Content-Language"] = "en"
+    response["Content-Disposition"] = f'attachment; filename="order-{order.pk}.txt"'
+    return response
+
+
 urlpatterns += [
     path("orders/headers/", headers_view),
     path("orders/flaky/", flaky_order),
@@ -392,4 +406,5 @@ urlpatterns += [
     path("orders/loose/", loose_fingerprint),
     path("orders/put-only/", put_only),
     path("orders/template/", template_order),
+    path("orders/download/", encoded_download),
 ]
