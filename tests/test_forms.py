@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -119,3 +123,41 @@ class TestCheckoutForm:
         POSTS_SEEN.clear()
         client.post(CHECKOUT, {"idempotency_key": form_key(client), "amount": "1"})
         assert len(POSTS_SEEN) == 1
+
+
+SAMPLE_SITE = Path(__file__).resolve().parent.parent / "sample_site"
+SAMPLE_CHECKOUT = """
+import re, django
+django.setup()
+from django.core.management import call_command
+from django.test import Client
+call_command("migrate", verbosity=0)
+from shop.models import Order
+client = Client(HTTP_HOST="127.0.0.1")
+page = client.get("/checkout/").content.decode()
+key = re.search(r'name="idempotency_key" value="([^"]+)"', page).group(1)
+answers = [client.post("/checkout/", {"idempotency_key": key, "item": "mug"}) for _ in range(2)]
+print([a.status_code for a in answers], answers[0]["Location"] == answers[1]["Location"],
+      answers[1].get("Idempotent-Replayed"), Order.objects.count(),
+      "Order #%d" % Order.objects.get().pk in client.get(answers[1]["Location"]).content.decode())
+"""
+
+
+@pytest.mark.skipif(not SAMPLE_SITE.exists(), reason="no sample_site")
+def test_the_sample_shops_checkout_places_one_order_per_form() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SAMPLE_CHECKOUT],
+        cwd=SAMPLE_SITE,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "shop.settings",
+            "DATABASE_URL": "sqlite:///:memory:",
+            "PYTHONPATH": os.pathsep.join([str(SAMPLE_SITE), str(SAMPLE_SITE.parent)]),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[303, 303] True true 1 True"

@@ -14,6 +14,7 @@ urlpatterns = [
     path("orders/", views.create_order, name="create-order"),
     path("orders/<int:pk>/", views.order_detail, name="order-detail"),
     path("orders/<int:pk>/pay/", views.pay_order, name="pay-order"),
+    path("checkout/", include("shop.checkout")),
     path("api/", include(router.urls)),
     path("api-auth/", include("rest_framework.urls")),
     path("idempotency/", include("django_idempotency.urls")),
