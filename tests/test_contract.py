@@ -545,7 +545,9 @@ def records_table_gone():
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("path", ["/orders/", "/orders/single/", "/orders/nonatomic/"])
+@pytest.mark.parametrize(
+    "path", ["/orders/", "/orders/single/", "/orders/nonatomic/", "/orders/async/", "/api/plain/"]
+)
 def test_store_unreachable_is_503_not_500(records_table_gone, path) -> None:
     client = Client(raise_request_exception=False)
     response = send(client, path, {}, key="k1")

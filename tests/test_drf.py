@@ -128,6 +128,23 @@ def test_failures_in_an_apiview_release_the_key(failure: str) -> None:
     assert Order.objects.count() == 1
 
 
+def test_multipart_upload_in_drf() -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client = APIClient()
+
+    def upload(content: bytes):
+        data = {"reference": "r", "file": SimpleUploadedFile("a.txt", content)}
+        return client.post("/api/plain/", data, format="multipart", HTTP_IDEMPOTENCY_KEY="k1")
+
+    first = upload(b"one")
+    assert first.status_code == 201
+    assert first.json()["id"] == Order.objects.get().pk  # the view still read request.data
+    assert upload(b"one")["Idempotent-Replayed"] == "true"
+    assert upload(b"two").status_code == 422
+    assert Order.objects.count() == 1
+
+
 def test_unparseable_body_is_400_and_releases() -> None:
     client = APIClient()
     response = client.post(
