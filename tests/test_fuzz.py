@@ -500,3 +500,25 @@ def test_a_nul_in_the_path_is_not_a_server_error(prefix: str) -> None:
     response = send(client, prefix + "a%00b", key="nul")
     assert response.status_code < 500, response.content[:300]
     assert_no_in_progress()
+
+
+# ---------------------------------------------------------------- the status endpoint
+
+
+@pytest.mark.django_db
+@fuzz
+@given(values=st.lists(st.text(max_size=300) | header_values, max_size=3))
+def test_any_status_query_is_answered_with_json_or_a_problem(values: list[str]) -> None:
+    response = Client().get("/idempotency/operations/", {"key": values})
+    assert response.status_code in {400, 404}, response.content[:300]
+    assert response["Cache-Control"] == "no-store"
+    problem = assert_problem(response, response.status_code, "")
+    assert problem["type"]
+
+
+@pytest.mark.django_db
+@fuzz
+@given(tail=path_tails)
+def test_any_operation_id_is_answered_without_a_server_error(tail: str) -> None:
+    response = Client().get(f"/idempotency/operations/{tail}/")
+    assert response.status_code in {400, 404}, response.content[:300]
