@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
-from django.db import DatabaseError, IntegrityError, connections, router, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
 
 from django_idempotency import signals
@@ -473,11 +473,14 @@ class Block:
     def __enter__(self) -> Claimed | Replay | InProgress | Mismatch | Busy | Unavailable:
         records = self._records
         atomic = transaction.atomic(using=records.db)
-        atomic.__enter__()
+        try:
+            atomic.__enter__()
+        except STORE_ERRORS as exc:
+            return _database_failure(exc, self.intent)
         try:
             records.bound_lock_wait(self.policy.wait or self.policy.lease)
             claimed = _claim(records, self.intent, self.policy)
-        except DatabaseError as exc:
+        except STORE_ERRORS as exc:
             atomic.__exit__(type(exc), exc, exc.__traceback__)
             return _database_failure(exc, self.intent)
         except BaseException as exc:

@@ -21,12 +21,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 from urllib.parse import quote, urlsplit
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 
-from django_idempotency.models import IdempotencyRecord, Status
+from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet, Status
 from django_idempotency.once import KeyReused
 from tests.factories import IdempotencyRecordFactory
 from tests.testapp.models import Order
@@ -111,6 +112,16 @@ class TestEager:
         # Eager retries run at once; after max_retries the last Busy surfaces.
         assert result.failed()
         assert type(result.result).__name__ == "Busy"
+        assert not Order.objects.exists()
+
+    def test_an_unreachable_store_is_retried_not_acknowledged(self) -> None:
+        lost = OperationalError("server closed the connection unexpectedly")
+        with mock.patch.object(IdempotencyRecordQuerySet, "claim", side_effect=lost) as claim:
+            result = bound.apply(args=["b"])
+
+        assert result.failed()
+        assert type(result.result).__name__ == "Unavailable"
+        assert claim.call_count == 3  # the first try and bound's max_retries=2
         assert not Order.objects.exists()
 
 

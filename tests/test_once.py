@@ -5,13 +5,21 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 from typing import Any
+from unittest import mock
 
 import pytest
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 
 from django_idempotency import signals
-from django_idempotency.models import IdempotencyRecord, Status
-from django_idempotency.once import _NO_PAYLOAD, Busy, KeyReused, _fingerprint, once
+from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet, Status
+from django_idempotency.once import (
+    _NO_PAYLOAD,
+    Busy,
+    KeyReused,
+    Unavailable,
+    _fingerprint,
+    once,
+)
 from tests.factories import IdempotencyRecordFactory
 from tests.testapp.models import Order
 
@@ -167,6 +175,18 @@ def test_a_live_lease_means_busy_with_retry_after() -> None:
     with pytest.raises(Busy) as caught, once("msg:1", scope="billing"):
         pytest.fail("the block must not run")
     assert 1 <= caught.value.retry_after <= 90
+
+
+def test_an_unreachable_store_raises_unavailable_and_runs_nothing() -> None:
+    lost = OperationalError("server closed the connection unexpectedly")
+    with (
+        mock.patch.object(IdempotencyRecordQuerySet, "claim", side_effect=lost),
+        pytest.raises(Unavailable) as caught,
+        once("msg:1", scope="billing"),
+    ):
+        pytest.fail("the block must not run")
+    assert caught.value.__cause__ is lost
+    assert not Order.objects.exists()
 
 
 def test_an_expired_record_counts_as_absent() -> None:
