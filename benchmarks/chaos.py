@@ -255,6 +255,56 @@ class Killer(threading.Thread):
         self.join()
 
 
+class ConnectionKiller(threading.Thread):
+    """Terminates a random server-side database connection of the site every
+    ``interval`` seconds: the store fails under a request, mid-transaction or between
+    two of its statements (``--kill-connections``)."""
+
+    def __init__(self, kind: str, interval: tuple[float, float], seed: int) -> None:
+        super().__init__(daemon=True)
+        self.kind = kind
+        self.interval = interval
+        self.rng = random.Random(seed + 1)
+        self.stop_event = threading.Event()
+        self.kills = 0
+
+    def run(self) -> None:
+        db = serve.connect(self.kind, DATABASE)
+        try:
+            cursor = db.cursor()
+            while not self.stop_event.wait(self.rng.uniform(*self.interval)):
+                if self.kind == "postgres":
+                    cursor.execute(
+                        "SELECT pid FROM pg_stat_activity "
+                        "WHERE datname = %s AND pid <> pg_backend_pid()",
+                        [DATABASE],
+                    )
+                else:
+                    cursor.execute(
+                        "SELECT id FROM information_schema.processlist "
+                        "WHERE db = %s AND id <> CONNECTION_ID()",
+                        [DATABASE],
+                    )
+                backends = [row[0] for row in cursor.fetchall()]
+                if not backends:
+                    continue
+                backend = self.rng.choice(backends)
+                try:
+                    if self.kind == "postgres":
+                        cursor.execute("SELECT pg_terminate_backend(%s)", [backend])
+                    else:
+                        cursor.execute(f"KILL {int(backend)}")
+                except Exception:
+                    continue
+                self.kills += 1
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join()
+
+
 # ---------------------------------------------------------------- checking
 
 
@@ -393,18 +443,29 @@ def run(kind: str, options: argparse.Namespace) -> bool:
     stats = Stats()
     client = Client(server.port, options, stats)
     killer = Killer(server, state_dir, options.kill_every, options.seed)
+    connection_killer = (
+        ConnectionKiller(kind, options.kill_connections, options.seed)
+        if options.kill_connections
+        else None
+    )
     started = time.monotonic()
     try:
         killer.start()
+        if connection_killer:
+            connection_killer.start()
         with ThreadPoolExecutor(max_workers=options.threads) as pool:
             for intent in intents:
                 for copy in range(intent.concurrent):
                     sequential = intent.copies - intent.concurrent if copy == 0 else 0
                     pool.submit(client.run_copy, intent, sequential, rng.getrandbits(32))
         killer.stop()
+        if connection_killer:
+            connection_killer.stop()
     finally:
         if killer.is_alive():
             killer.stop()
+        if connection_killer and connection_killer.is_alive():
+            connection_killer.stop()
         server.stop()
         provider.stop()
         shutil.rmtree(state_dir, ignore_errors=True)
@@ -412,6 +473,8 @@ def run(kind: str, options: argparse.Namespace) -> bool:
     payments, records = fetch_results(kind)
     result = check(intents, payments, records, provider)
     report(kind, intents, stats, killer, provider, result, elapsed, log)
+    if connection_killer:
+        print(f"DB connections killed {connection_killer.kills}")
     if options.control:
         print(
             "control: the unguarded endpoint must show duplicates; it did"
@@ -446,7 +509,8 @@ def report(
     print(f"client timeouts    {counts['client timeouts']}")
     print(f"connection errors  {counts['connection errors']}")
     print(f"409s               {counts['409s']}")
-    print(f"5xx                {sum(n for name, n in counts.items() if name.startswith('5'))}")
+    errors = {name: n for name, n in sorted(counts.items()) if name[0] == "5"}
+    print(f"5xx                {sum(errors.values())}  {errors or ''}")
     print(f"first answers      {counts['first answers']}")
     print(f"replays            {counts['replays']}")
     print(
@@ -480,6 +544,14 @@ def main() -> int:
     parser.add_argument("--slow", type=float, default=0.08, help="share of slow requests")
     parser.add_argument(
         "--kill-every", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX")
+    )
+    parser.add_argument(
+        "--kill-connections",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="also terminate a random database connection of the site every MIN-MAX s",
     )
     parser.add_argument("--intent-deadline", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=None)
