@@ -249,3 +249,27 @@ def test_docs_requirements_pin_mkdocs_material() -> None:
     requirements = read("requirements.txt")
     assert re.search(r"^mkdocs-material>=\d", requirements, re.MULTILINE)
     assert re.search(r"^mkdocs-include-markdown-plugin>=\d", requirements, re.MULTILINE)
+
+
+def test_conditional_update_api_is_documented() -> None:
+    pytest.importorskip("rest_framework")
+    if importlib.util.find_spec("django_idempotency.conditional") is None:
+        pytest.skip("conditional updates do not exist yet")
+    from django_idempotency.conditional import conditional_update
+    from django_idempotency.drf import ConditionalUpdateMixin
+
+    page = read("how-to/conditional-updates.md")
+    names = [
+        name
+        for name in vars(ConditionalUpdateMixin)
+        if not name.startswith("_")
+        # DRF's own methods, overridden to do the work: not part of this mixin's API.
+        and name
+        not in {"initial", "get_object", "perform_update", "handle_exception", "finalize_response"}
+    ]
+    names += [
+        name
+        for name, parameter in inspect.signature(conditional_update).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    assert [name for name in names if f"`{name}" not in page] == []
