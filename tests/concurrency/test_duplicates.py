@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterator
 
 import pytest
+from django.db import connection, transaction
 
 from django_idempotency.models import IdempotencyRecord
 from tests.concurrency.outcomes import assert_conflict, assert_ran_once
-from tests.concurrency.threads import send, together
+from tests.concurrency.threads import Worker, errors, send, together
 from tests.testapp.models import Order
 
 pytestmark = [pytest.mark.concurrency, pytest.mark.django_db(transaction=True)]
 
 THREADS = 12
-ROUNDS = 5
+ROUNDS = 4
 
 
 def new_key(label: str) -> str:
@@ -25,7 +27,7 @@ def new_key(label: str) -> str:
 
 @pytest.mark.parametrize("path", ["/race/two-phase/", "/race/non-atomic/"])
 def test_duplicates_of_a_slow_view_run_it_once(path: str, race: dict[str, object]) -> None:
-    race["sleep"] = 0.3
+    race["sleep"] = 0.25
     for _round in range(ROUNDS):
         key = new_key("slow")
         results = together(THREADS, lambda _i, key=key: send(path, key))
@@ -36,7 +38,6 @@ def test_duplicates_of_a_slow_view_run_it_once(path: str, race: dict[str, object
 def test_duplicates_are_answered_while_the_first_still_runs(row_locks: None) -> None:
     """Two-phase: the claim commits first, so duplicates get 409 without waiting
     (on SQLite the first's write transaction locks out every other writer)."""
-    from tests.concurrency.threads import Worker
     from tests.testapp.race_views import RACE, Hold
 
     hold = RACE["inside"] = Hold()
@@ -54,7 +55,7 @@ def test_duplicates_are_answered_while_the_first_still_runs(row_locks: None) -> 
 def test_single_transaction_duplicates_wait_then_replay(race: dict[str, object]) -> None:
     """Duplicates wait on the unique index and replay; MariaDB may refuse some with a
     deadlock on the duplicate-key S-lock, which must be a 409."""
-    race["sleep"] = 0.3
+    race["sleep"] = 0.25
     for _round in range(ROUNDS):
         key = new_key("single")
         results = together(THREADS, lambda _i, key=key: send("/race/single/", key))
@@ -69,7 +70,7 @@ def test_duplicates_released_together_run_once(path: str, vendor: str) -> None:
             "in-memory SQLite (shared cache) fails a lock wait at once: the claimer's own "
             "autocommit write may get 409 too, so 'exactly one ran' does not hold there"
         )
-    for _round in range(15):
+    for _round in range(10):
         key = new_key("burst")
         results = together(THREADS, lambda _i, key=key: send(path, key))
         assert_ran_once(results, key)
@@ -92,3 +93,75 @@ def test_different_keys_do_not_block_each_other(
         for key in keys:
             assert Order.objects.filter(reference=key).count() == 1
     assert IdempotencyRecord.objects.filter(status="completed").count() == 6
+
+
+def test_single_transaction_waiters_run_it_when_the_first_fails(
+    race: dict[str, object], row_locks: None
+) -> None:
+    """The first attempt answers 502 and rolls back while duplicates wait on the unique
+    index: one waiter runs it, the rest replay (or get 409: on MariaDB the waiters'
+    duplicate-key S-locks deadlock once the X-lock goes away)."""
+    race["sleep"] = 0.2
+    for _round in range(3):
+        race["fail"] = True
+        key = new_key("first-fails")
+        results = together(THREADS, lambda _i, key=key: send("/race/first-fails/single/", key))
+        assert errors(results) == []
+        failed = [reply for reply in results if reply.status == 502]
+        assert len(failed) == 1, results
+        assert_ran_once([reply for reply in results if reply.status != 502], key)
+
+
+def test_two_phase_duplicates_of_a_failed_attempt_retry_later(race: dict[str, object]) -> None:
+    """Two-phase: duplicates got 409 while the first ran; it failed and released the key,
+    so nothing ran twice and the next retry runs it."""
+    race["sleep"] = 0.2
+    race["fail"] = True
+    key = new_key("first-fails")
+    results = together(THREADS, lambda _i: send("/race/first-fails/two-phase/", key))
+    assert sorted(reply.status for reply in results) == [409] * (THREADS - 1) + [502], results
+    assert Order.objects.filter(reference=key).count() == 0
+    assert not IdempotencyRecord.objects.filter(key=key).exists()
+    assert send("/race/first-fails/two-phase/", key).status == 201
+    assert Order.objects.filter(reference=key).count() == 1
+
+
+@pytest.fixture
+def repeatable_read(vendor: str) -> Iterator[None]:
+    """Every new connection in REPEATABLE READ (MySQL's own default, which a project may
+    keep with ``OPTIONS['isolation_level']``; Django defaults to READ COMMITTED)."""
+    if vendor == "postgresql":
+        from psycopg import IsolationLevel
+
+        level: object = IsolationLevel.REPEATABLE_READ
+    elif vendor == "mysql":
+        level = "repeatable read"
+    else:
+        pytest.skip("SQLite transactions are serializable")
+    options = connection.settings_dict["OPTIONS"]
+    saved = dict(options)
+    options["isolation_level"] = level
+    assert Worker(current_isolation).result() == "repeatable read"
+    yield
+    options.clear()
+    options.update(saved)
+
+
+@pytest.mark.parametrize("path", ["/race/two-phase/", "/race/single/", "/race/non-atomic/"])
+def test_duplicates_run_once_under_repeatable_read(
+    path: str, race: dict[str, object], repeatable_read: None
+) -> None:
+    for sleep in (0.0, 0.0, 0.2):
+        race["sleep"] = sleep
+        key = new_key("rr")
+        results = together(THREADS, lambda _i, key=key: send(path, key))
+        assert_ran_once(results, key)
+
+
+def current_isolation() -> str:
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SHOW transaction_isolation")
+        else:
+            cursor.execute("SELECT @@tx_isolation")
+        return str(cursor.fetchone()[0]).lower().replace("-", " ")

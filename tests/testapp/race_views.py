@@ -96,6 +96,23 @@ def non_atomic(request: HttpRequest) -> HttpResponse:
     return _created(_create(request))
 
 
+def _first_fails(request: HttpRequest) -> HttpResponse:
+    order = _create(request)
+    if RACE.pop("fail", False):  # only the first to get here
+        return HttpResponse("upstream failed", status=502)
+    return _created(order)
+
+
+@idempotent
+def first_fails_two_phase(request: HttpRequest) -> HttpResponse:
+    return _first_fails(request)
+
+
+@idempotent(single_transaction=True)
+def first_fails_single(request: HttpRequest) -> HttpResponse:
+    return _first_fails(request)
+
+
 @idempotent(lease=SHORT_LEASE)
 def held_two_phase(request: HttpRequest) -> HttpResponse:
     """Holds the first caller inside its execute transaction (record row-locked)."""
@@ -221,6 +238,8 @@ urlpatterns = [
     path("race/two-phase/", two_phase),
     path("race/single/", single),
     path("race/non-atomic/", non_atomic),
+    path("race/first-fails/two-phase/", first_fails_two_phase),
+    path("race/first-fails/single/", first_fails_single),
     path("race/held/two-phase/", held_two_phase),
     path("race/held/single/", held_single),
     path("race/charge/", charge),
