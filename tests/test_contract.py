@@ -633,6 +633,15 @@ def test_decorator_under_atomic_requests(atomic_requests, post) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_claim_commits_before_the_view_under_atomic_requests(atomic_requests, post) -> None:
+    """Another connection sees the IN_PROGRESS record while the view runs: the claim
+    did not wait for the request's transaction."""
+    views.CONTROL["peek"] = True
+    assert post("/orders/probe/", {}, key="k1").status_code == 201
+    assert views.CONTROL["peeked"] == [Status.IN_PROGRESS]
+
+
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("path", ["/orders/single/", "/orders/nonatomic/"])
 def test_other_modes_under_atomic_requests(atomic_requests, post, path) -> None:
     assert post(path, {}, key="k1").status_code == 201

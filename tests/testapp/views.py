@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from rest_framework.views import APIView
 from django_idempotency.decorators import idempotent
 from django_idempotency.drf import IdempotentMixin
 from django_idempotency.keys import payload_hash
+from django_idempotency.models import IdempotencyRecord
 from django_idempotency.scopes import by_user_or_session
 from tests.testapp.models import Charge, Order
 
@@ -251,10 +253,30 @@ def stream_chunks(request: HttpRequest) -> StreamingHttpResponse:
 
 @idempotent
 def atomic_probe(request: HttpRequest) -> HttpResponse:
-    """Reports how many atomic blocks the view runs inside (ATOMIC_REQUESTS tests)."""
+    """Reports how many atomic blocks the view runs inside (ATOMIC_REQUESTS tests) and,
+    with ``CONTROL["peek"]``, what another connection sees of the records meanwhile."""
     connection = connections[router.db_for_write(Order)]
     CONTROL["atomic_blocks"] = len(connection.atomic_blocks)
+    if CONTROL.get("peek"):
+        CONTROL["peeked"] = _from_another_connection(
+            lambda: list(IdempotencyRecord.objects.values_list("status", flat=True))
+        )
     return _created(_create(request))
+
+
+def _from_another_connection(query: Any) -> Any:
+    result: list[Any] = []
+
+    def run() -> None:
+        try:
+            result.append(query())
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return result[0] if result else None
 
 
 @non_atomic_requests
