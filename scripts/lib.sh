@@ -54,6 +54,7 @@ ensure_venv() {
     fi
     say "Creating $VENV with $python (Python $wanted)"
     "$python" -m venv "$VENV"
+    printf '*\n' >"$VENV/.gitignore"  # .venv-py312-dj60 and friends stay out of git status
 }
 
 # The requirements/ file naming the driver for DATABASE_URL (nothing for SQLite).
