@@ -435,6 +435,7 @@ def run(kind: str, options: argparse.Namespace) -> bool:
         log=log,
         env={
             "BENCH_LEASE": str(options.lease),
+            "BENCH_WAIT": str(options.wait),
             "CHAOS_STATE_DIR": str(state_dir),
             "CHAOS_PROVIDER_URL": provider.url,
         },
@@ -541,6 +542,7 @@ def main() -> int:
         "--worker-timeout", type=int, default=3, help="gunicorn --timeout, below LEASE"
     )
     parser.add_argument("--client-timeout", type=float, default=1.0)
+    parser.add_argument("--wait", type=float, default=0.0, help="IDEMPOTENCY WAIT in seconds")
     parser.add_argument("--slow", type=float, default=0.08, help="share of slow requests")
     parser.add_argument(
         "--kill-every", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX")

@@ -3,6 +3,7 @@
 - ``DATABASE_URL``: required (``postgres://...`` or ``mysql://...``).
 - ``BENCH_LEASE``: the idempotency lease in seconds (default 90); the chaos suite uses a
   short one, above gunicorn's ``--timeout``, so killed attempts are taken over in the run.
+- ``BENCH_WAIT``: how long a concurrent duplicate waits before 409 (default 0 s).
 - ``CONN_MAX_AGE``: persistent connections (default 60 s).
 - ``CHAOS_STATE_DIR`` / ``CHAOS_PROVIDER_URL``: set by ``chaos.py`` only.
 """
@@ -39,6 +40,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.mysql":
 IDEMPOTENCY = {
     "LEASE": timedelta(seconds=float(os.environ.get("BENCH_LEASE", "90"))),
     "TTL": timedelta(hours=1),
+    "WAIT": timedelta(seconds=float(os.environ.get("BENCH_WAIT", "0"))),
 }
 
 LOGGING = {
