@@ -67,6 +67,12 @@ def single(request: HttpRequest, rest: str = "") -> HttpResponse:
     return _answer(request, _order(request, rest))
 
 
+@idempotent
+async def async_view(request: HttpRequest, rest: str = "") -> HttpResponse:
+    order = await Order.objects.acreate(reference=rest[:100], owner=_who(request)[:100])
+    return _answer(request, order)
+
+
 @idempotent(atomic=False)
 def non_atomic(request: HttpRequest, rest: str = "") -> HttpResponse:
     operation = getattr(request, "idempotency", None)
@@ -151,6 +157,8 @@ urlpatterns = [
     path("two-phase/<path:rest>", two_phase),
     path("single/", single),
     path("single/<path:rest>", single),
+    path("async/", async_view),
+    path("async/<path:rest>", async_view),
     path("non-atomic/", non_atomic),
     path("non-atomic/<path:rest>", non_atomic),
     path("non-atomic-documented/", non_atomic_as_documented),
