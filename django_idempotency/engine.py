@@ -204,8 +204,17 @@ def _claim_committed(
     In autocommit every statement commits by itself. Inside a transaction (a test
     case, or a view that forgot to opt out of ATOMIC_REQUESTS) ``durable=True``
     refuses to run nested instead of silently claiming inside someone's transaction.
+    With autocommit turned off and no atomic block, nothing would commit the claim
+    (nor, later, the work): refuse that too.
     """
-    if not connections[records.db].in_atomic_block:
+    connection = connections[records.db]
+    if not connection.in_atomic_block:
+        if not connection.get_autocommit():
+            raise RuntimeError(
+                f"Autocommit is off on database {records.db!r}: the idempotency claim "
+                "could not commit before the work starts. Turn autocommit on, or use "
+                "single_transaction=True inside your own transaction."
+            )
         return _claim(records, intent, policy)
     with transaction.atomic(using=records.db, durable=True):
         return _claim(records, intent, policy)

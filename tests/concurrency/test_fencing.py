@@ -337,3 +337,25 @@ def test_store_lost_between_claim_and_execute_is_a_503(
 def send_in_thread(path: str, key: str) -> Any:
     """A request on a connection of its own (the test may break that connection)."""
     return Worker(lambda: send(path, key)).result()
+
+
+@pytest.mark.parametrize("path", ["/race/two-phase/", "/race/non-atomic/"])
+def test_claim_refuses_to_run_when_nothing_would_commit_it(path: str) -> None:
+    """Autocommit off and no atomic block: the claim would sit uncommitted (duplicates
+    would wait instead of getting 409, and the answer would be lost with the
+    connection), so the engine refuses loudly instead of answering 201."""
+    key = new_key("no-autocommit")
+
+    def without_autocommit() -> Any:
+        transaction.set_autocommit(False)
+        try:
+            return send(path, key)
+        finally:
+            transaction.rollback()
+            transaction.set_autocommit(True)
+
+    refused = Worker(without_autocommit).result()
+    assert isinstance(refused, RuntimeError), refused
+    assert "Autocommit is off" in str(refused)
+    assert not IdempotencyRecord.objects.filter(key=key).exists()
+    assert Order.objects.filter(reference=key).count() == 0
