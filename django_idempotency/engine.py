@@ -221,7 +221,10 @@ def _claim_committed(
 
 
 def _claim(
-    records: IdempotencyRecordQuerySet, intent: Intent, policy: Policy
+    records: IdempotencyRecordQuerySet,
+    intent: Intent,
+    policy: Policy,
+    wait: timedelta | None = None,
 ) -> IdempotencyRecord | Replay | InProgress | Mismatch | Busy:
     intent = _fitted(intent)
     for _ in range(CLAIM_ROUNDS):
@@ -233,6 +236,7 @@ def _claim(
             route=intent.route,
             lease=policy.lease,
             ttl=policy.ttl,
+            wait=wait,
         )
         if record is not None:
             _send(signals.operation_started, record, intent)
@@ -377,10 +381,11 @@ def _single_transaction(
     stored: Stored | None = None
     claimed: Any = None
     stage = "claim"
+    bound = policy.wait or policy.lease
     try:
         with transaction.atomic(using=records.db):
-            records.bound_lock_wait(policy.wait or policy.lease)
-            claimed = _claim(records, intent, policy)
+            records.bound_lock_wait(bound)
+            claimed = _claim(records, intent, policy, wait=bound)
             if not isinstance(claimed, IdempotencyRecord):
                 return claimed  # type: ignore[no-any-return]
             stage = "work"

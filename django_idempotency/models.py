@@ -7,6 +7,7 @@ over matches zero rows and must roll back.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -42,13 +43,15 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         route: str,
         lease: timedelta,
         ttl: timedelta,
+        wait: timedelta | None = None,
     ) -> IdempotencyRecord | None:
         """Insert a new IN_PROGRESS record; ``None`` when (scope, key) already exists.
 
         The insert ignores conflicts instead of raising, so it needs no savepoint
         inside a transaction and leaves no error in the database log. A concurrent
         uncommitted insert of the same key makes it wait (PostgreSQL, InnoDB) until
-        that transaction ends.
+        that transaction ends; ``wait`` bounds that on MariaDB, whose lock timeout can
+        be set for one statement (PostgreSQL's comes from ``bound_lock_wait``).
         """
         now = timezone.now()
         record = self.model(
@@ -63,9 +66,9 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
             created_at=now,
             expires_at=now + ttl,
         )
-        return record if self._insert(record) else None
+        return record if self._insert(record, wait) else None
 
-    def _insert(self, record: IdempotencyRecord) -> bool:
+    def _insert(self, record: IdempotencyRecord, wait: timedelta | None = None) -> bool:
         connection = connections[self.db]
         fields = self.model._meta.concrete_fields
         if not connection.features.supports_ignore_conflicts:
@@ -77,10 +80,14 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
             return True
         query = InsertQuery(self.model, on_conflict=OnConflict.IGNORE)
         query.insert_values(fields, [record])
+        prefix = ""
+        if wait is not None and getattr(connection, "mysql_is_mariadb", False):
+            seconds = max(math.ceil(wait.total_seconds()), 1)
+            prefix = f"SET STATEMENT innodb_lock_wait_timeout={seconds} FOR "
         inserted = 0
         with connection.cursor() as cursor:
             for sql, params in query.get_compiler(using=self.db).as_sql():
-                cursor.execute(sql, params)
+                cursor.execute(prefix + sql, params)
                 inserted += max(cursor.rowcount, 0)
         record._state.adding = False
         record._state.db = self.db
@@ -190,8 +197,9 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         """Bound how long this transaction waits for row locks, where the database can.
 
         PostgreSQL gets a transaction-local ``lock_timeout`` (safe behind PgBouncer in
-        transaction pooling); InnoDB's wait is bounded by ``innodb_lock_wait_timeout``
-        and SQLite's by the connection's ``timeout`` option.
+        transaction pooling). MariaDB has no transaction-local setting: ``claim(wait=)``
+        bounds the claim itself; the rest waits ``innodb_lock_wait_timeout``, as on
+        MySQL. SQLite waits the connection's ``timeout`` option.
         """
         connection = connections[self.db]
         if connection.vendor == "postgresql":

@@ -14,6 +14,7 @@ from django_idempotency.models import IdempotencyRecord
 from tests.concurrency.outcomes import assert_conflict, assert_ran_once
 from tests.concurrency.threads import Worker, errors, send, together
 from tests.testapp.models import Order
+from tests.testapp.race_views import Hold
 
 pytestmark = [pytest.mark.concurrency, pytest.mark.django_db(transaction=True)]
 
@@ -35,12 +36,12 @@ def test_duplicates_of_a_slow_view_run_it_once(path: str, race: dict[str, object
         assert send(path, key).body == executed.body  # and a late retry replays it
 
 
-def test_duplicates_are_answered_while_the_first_still_runs(row_locks: None) -> None:
+def test_duplicates_are_answered_while_the_first_still_runs(
+    race: dict[str, object], row_locks: None
+) -> None:
     """Two-phase: the claim commits first, so duplicates get 409 without waiting
     (on SQLite the first's write transaction locks out every other writer)."""
-    from tests.testapp.race_views import RACE, Hold
-
-    hold = RACE["inside"] = Hold()
+    hold = race["inside"] = Hold()
     key = new_key("early")
     first = Worker(lambda: send("/race/held/two-phase/", key))
     hold.wait_entered()
@@ -165,3 +166,21 @@ def current_isolation() -> str:
         else:
             cursor.execute("SELECT @@tx_isolation")
         return str(cursor.fetchone()[0]).lower().replace("-", " ")
+
+
+def test_single_transaction_duplicate_waits_no_longer_than_its_bound(
+    race: dict[str, object], row_locks: None
+) -> None:
+    """A duplicate waits on the unique index for at most WAIT (here: the view's half
+    second lease), then gets 409 while the first still runs, on every database."""
+    hold = race["inside"] = Hold()
+    key = new_key("bounded")
+    first = Worker(lambda: send("/race/held/single/", key))
+    hold.wait_entered()
+    duplicate = Worker(lambda: send("/race/held/single/", key))
+    answered_while_first_runs = duplicate.done(timeout=10)
+    hold.release()
+    assert answered_while_first_runs, "the duplicate's wait was not bounded"
+    assert_conflict(duplicate.result(), "idempotency-lock-conflict")
+    assert first.result().status == 201
+    assert Order.objects.filter(reference=key).count() == 1
