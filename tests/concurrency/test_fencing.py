@@ -314,7 +314,7 @@ def test_record_lock_timeout_before_execute_is_a_409_left_to_the_holder(
 
 
 def test_store_lost_between_claim_and_execute_is_a_503(
-    after_claim: Callable[[Callable[[], None]], None], vendor: str, row_locks: None
+    after_claim: Callable[[Callable[[], None]], None],
 ) -> None:
     """The database connection dies after the claim: 503, not a 500; the claim stays,
     and a retry takes it over once its lease has run out."""
