@@ -75,6 +75,7 @@ class Provider:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.charges: dict[str, dict[str, Any]] = {}
+        self.lost_answers = 0  # charged, but the caller died before reading the answer
         handler = self._handler()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.server.daemon_threads = True
@@ -95,11 +96,15 @@ class Provider:
                         provider.charges[key] = charge
                     charge["calls"] += 1
                 answer = json.dumps({"charge": charge["id"]}).encode()
-                self.send_response(201)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
+                try:
+                    self.send_response(201)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                except OSError:  # the worker was killed while waiting for us
+                    with provider.lock:
+                        provider.lost_answers += 1
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -520,7 +525,8 @@ def report(
     )
     print(
         f"provider           {non_atomic} atomic=False intents -> {len(provider.charges)} "
-        f"charges, {calls} calls ({calls - len(provider.charges)} deduplicated by derived key)"
+        f"charges, {calls} calls ({calls - len(provider.charges)} deduplicated by derived key; "
+        f"{provider.lost_answers} answers lost with a killed worker)"
     )
     print(f"left in progress   {result['left in progress']}")
     print(f"mismatched answers {result['mismatched']}  (must be 0)")
