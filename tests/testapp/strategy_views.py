@@ -338,6 +338,21 @@ def order_page(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "strategies/order.html", {"order": get_object_or_404(Order, pk=pk)})
 
 
+@csrf_exempt
+def checkout_control(request: HttpRequest) -> HttpResponse:
+    """For the browser test, whose server may run in another process: set the pause,
+    reset the counters, and read the POSTs seen and the checkout orders placed."""
+    if request.method == "POST":
+        settings = json.loads(request.body or b"{}")
+        CONTROL["sleep"] = float(settings.get("sleep", 0))
+        if settings.get("reset"):
+            with _seen_lock:
+                POSTS_SEEN.clear()
+            Order.objects.filter(reference="checkout").delete()
+    orders = list(Order.objects.filter(reference="checkout").values_list("pk", flat=True))
+    return JsonResponse({"posts": list(POSTS_SEEN), "orders": orders})
+
+
 app_name = "strategies"
 urlpatterns = [
     path("invoices/<int:pk>/pay/", pay_invoice, name="pay-invoice"),
@@ -369,4 +384,5 @@ urlpatterns = [
     path("orders/<int:pk>/etag/", order_detail),
     path("checkout/", checkout, name="checkout"),
     path("orders/<int:pk>/", order_page, name="order"),
+    path("checkout/control/", checkout_control),
 ]
