@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 from collections.abc import Callable
@@ -28,6 +29,9 @@ from tests.testapp.strategy_views import order_etag
 from tests.testapp.views import CONTROL
 
 pytestmark = pytest.mark.usefixtures("articles")
+needs_drf = pytest.mark.skipif(
+    importlib.util.find_spec("rest_framework") is None, reason="needs Django REST framework"
+)
 
 API = "/strategies/api/articles/"
 PLAIN = "/strategies/articles/"
@@ -109,6 +113,7 @@ def article(db: None) -> Article:
     return Article.objects.create(title="draft")
 
 
+@needs_drf
 @pytest.mark.django_db
 class TestDrfMixin:
     def test_get_carries_the_etag(self, client: Client, article: Article) -> None:
@@ -358,7 +363,11 @@ class TestPlainViewDecorator:
 @pytest.mark.skipif(
     connection.vendor == "sqlite", reason="SQLite serialises writers; race tested on PG/MariaDB"
 )
-@pytest.mark.parametrize("path", [API, PLAIN], ids=["drf-mixin", "plain-decorator"])
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(API, marks=needs_drf), PLAIN],
+    ids=["drf-mixin", "plain-decorator"],
+)
 def test_competing_writers_with_one_etag_exactly_one_wins(path: str) -> None:
     """Six editors read version 1 and save at once: one 200, five 412, no lost update."""
     article = Article.objects.create(title="draft")

@@ -12,18 +12,18 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 from django.urls import include, path
-from rest_framework import serializers, viewsets
-from rest_framework.request import Request
 
-from django_idempotency.drf import IdempotentMixin
-from tests.testapp.models import Order
-
+pytest.importorskip("rest_framework", reason="Django REST framework is not installed")
 pytest.importorskip("drf_spectacular", reason="drf-spectacular is not installed")
 
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.validation import validate_schema
+from rest_framework import serializers, viewsets
+from rest_framework.request import Request
 
 import django_idempotency.openapi  # noqa: F401  (registers the extensions)
+from django_idempotency.drf import IdempotentMixin
+from tests.testapp.models import Order
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBLEM = {"$ref": "#/components/schemas/IdempotencyProblem"}

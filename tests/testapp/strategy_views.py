@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import threading
 import time
@@ -17,16 +18,9 @@ from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonRe
 from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
-from rest_framework import mixins, serializers, viewsets
-from rest_framework.decorators import action
-from rest_framework.permissions import AllowAny, IsAuthenticated
-from rest_framework.request import Request
-from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from django_idempotency.conditional import conditional_update
 from django_idempotency.decorators import idempotent
-from django_idempotency.drf import ConditionalUpdateMixin, IdempotentMixin
 from django_idempotency.keys import payload_hash
 from django_idempotency.scopes import by_user_or_session, global_scope
 from tests.testapp.models import Charge, Order
@@ -104,37 +98,6 @@ def pay_invoice_global(request: HttpRequest, pk: int) -> HttpResponse:
     return _pay(request, pk)
 
 
-class InvoicePermission(IsAuthenticated):
-    def has_permission(self, request: Any, view: Any) -> bool:
-        pk = view.kwargs.get("pk")
-        tenant = tenant_of(request.user)
-        return bool(
-            super().has_permission(request, view)
-            and tenant is not None
-            and Order.objects.filter(pk=pk, owner=tenant).exists()
-        )
-
-
-class InvoiceViewSet(IdempotentMixin, viewsets.GenericViewSet[Order]):
-    """The DRF form: the hooks derive key and scope; permissions run before the guard."""
-
-    queryset = Order.objects.all()
-    permission_classes = [InvoicePermission]
-
-    def get_idempotency_key(self, request: Request) -> str | None:
-        return f"invoice:{self.kwargs['pk']}:paid"
-
-    def get_idempotency_scope(self, request: Request) -> str:
-        return tenant_scope(request)
-
-    @action(detail=True, methods=["post"])
-    def pay(self, request: Request, pk: str) -> Response:
-        payment = Charge.objects.create(
-            derived_key=f"payment:{uuid.uuid4()}", amount=int(request.data.get("amount", 0))
-        )
-        return Response({"invoice": int(pk), "payment": payment.pk, "by": request.user.username})
-
-
 # --- payload hashes --------------------------------------------------------------------
 #
 # A webhook sender that retries without an id: the payload *is* the identity. Only
@@ -154,34 +117,7 @@ def webhook(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"order": order.pk}, status=201)
 
 
-class WebhookView(IdempotentMixin, APIView):
-    authentication_classes: list[Any] = []
-    permission_classes = [AllowAny]
-
-    def get_idempotency_key(self, request: Request) -> str | None:
-        return payload_hash(request)
-
-    def get_idempotency_scope(self, request: Request) -> str:
-        return webhook_scope(request)
-
-    def post(self, request: Request) -> Response:
-        order = Order.objects.create(reference=str(request.data.get("event", "")), owner="drf")
-        return Response({"order": order.pk}, status=201)
-
-
 # --- conditional updates ---------------------------------------------------------------
-
-
-class ArticleSerializer(serializers.ModelSerializer[Article]):
-    class Meta:
-        model = Article
-        fields = ["id", "title", "body", "version"]
-        read_only_fields = ["version"]
-
-
-class WritableVersionSerializer(ArticleSerializer):
-    class Meta(ArticleSerializer.Meta):
-        read_only_fields: list[str] = []
 
 
 def _pause() -> None:
@@ -190,68 +126,9 @@ def _pause() -> None:
         time.sleep(CONTROL["sleep"])
 
 
-class ArticleViewSet(IdempotentMixin, ConditionalUpdateMixin, viewsets.ModelViewSet[Article]):
-    queryset = Article.objects.all()
-    serializer_class = ArticleSerializer
-    permission_classes = [AllowAny]
-
-    def perform_update(self, serializer: Any) -> None:
-        super().perform_update(serializer)
-        _pause()
-
-    @action(detail=True, methods=["post"])
-    def publish(self, request: Request, pk: str) -> Response:
-        article = self.get_object()
-        article.title = article.title.upper()
-        article.save()
-        return Response(ArticleSerializer(article).data)
-
-
-class ReversedArticleViewSet(
-    ConditionalUpdateMixin, IdempotentMixin, viewsets.ModelViewSet[Article]
-):
-    """The mixins in the other order must behave the same."""
-
-    queryset = Article.objects.all()
-    serializer_class = ArticleSerializer
-    permission_classes = [AllowAny]
-
-
-class PlainArticleViewSet(ConditionalUpdateMixin, viewsets.ModelViewSet[Article]):
-    queryset = Article.objects.all()
-    serializer_class = WritableVersionSerializer
-    permission_classes = [AllowAny]
-    precondition_required = False
-
-
 def order_etag(order: Order) -> str:
     """A computed ETag, for a model without a version field."""
     return hashlib.sha256(f"{order.reference}|{order.amount}".encode()).hexdigest()[:16]
-
-
-class OrderSerializer(serializers.ModelSerializer[Order]):
-    class Meta:
-        model = Order
-        fields = ["id", "reference", "amount"]
-
-
-class ComputedEtagOrderViewSet(
-    ConditionalUpdateMixin,
-    mixins.RetrieveModelMixin,
-    mixins.UpdateModelMixin,
-    viewsets.GenericViewSet[Order],
-):
-    queryset = Order.objects.all()
-    serializer_class = OrderSerializer
-    permission_classes = [AllowAny]
-    etag_version_field = None
-
-    def get_etag(self, instance: Order) -> str:
-        return order_etag(instance)
-
-    def perform_update(self, serializer: Any) -> None:
-        super().perform_update(serializer)
-        _pause()
 
 
 def _article_json(article: Article) -> JsonResponse:
@@ -357,32 +234,14 @@ app_name = "strategies"
 urlpatterns = [
     path("invoices/<int:pk>/pay/", pay_invoice, name="pay-invoice"),
     path("invoices/<int:pk>/pay-global/", pay_invoice_global),
-    path("api/invoices/<int:pk>/pay/", InvoiceViewSet.as_view({"post": "pay"})),
     path("webhooks/", webhook),
-    path("api/webhooks/", WebhookView.as_view()),
-    path("api/articles/", ArticleViewSet.as_view({"get": "list", "post": "create"})),
-    path(
-        "api/articles/<int:pk>/",
-        ArticleViewSet.as_view(
-            {"get": "retrieve", "put": "update", "patch": "partial_update", "delete": "destroy"}
-        ),
-    ),
-    path("api/articles/<int:pk>/publish/", ArticleViewSet.as_view({"post": "publish"})),
-    path(
-        "api/reversed-articles/<int:pk>/",
-        ReversedArticleViewSet.as_view({"get": "retrieve", "patch": "partial_update"}),
-    ),
-    path(
-        "api/plain-articles/<int:pk>/",
-        PlainArticleViewSet.as_view({"get": "retrieve", "patch": "partial_update"}),
-    ),
-    path(
-        "api/computed-orders/<int:pk>/",
-        ComputedEtagOrderViewSet.as_view({"get": "retrieve", "patch": "partial_update"}),
-    ),
     path("articles/<int:pk>/", article_detail),
     path("orders/<int:pk>/etag/", order_detail),
     path("checkout/", checkout, name="checkout"),
     path("orders/<int:pk>/", order_page, name="order"),
     path("checkout/control/", checkout_control),
 ]
+if importlib.util.find_spec("rest_framework") is not None:  # the suite also runs without DRF
+    from tests.testapp.strategy_drf_views import urlpatterns as drf_urlpatterns
+
+    urlpatterns += drf_urlpatterns
