@@ -25,10 +25,10 @@ that bypass the broker (``send_invoice(1)``) have no message to deduplicate and 
 the body directly, unless ``key=`` gives them an intent.
 
 A duplicate delivered while the first still runs waits for it on the record's unique
-index (bounded by ``IDEMPOTENCY["LEASE"]``) and then replays; a lock timeout or an
-unreachable idempotency table retries the task (``self.retry``, the task's
-``max_retries``) instead of acknowledging it. The same key with other arguments
-raises ``django_idempotency.once.KeyReused`` and fails the task.
+index (bounded by ``IDEMPOTENCY["WAIT"]``, or ``LEASE`` when that is 0) and then
+replays; a lock timeout or an unreachable idempotency table retries the task
+(``self.retry``, the task's ``max_retries``) instead of acknowledging it. The same key
+with other arguments raises ``django_idempotency.once.KeyReused`` and fails the task.
 
 Options other than ``key``, ``scope``, ``ttl``, ``lease`` and ``app`` go to Celery's
 ``task()`` decorator; ``acks_late`` and ``reject_on_worker_lost`` default to ``True``.
