@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import importlib.util
+
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
 
@@ -21,3 +23,5 @@ class IdempotencyConfig(AppConfig):
         register(checks.check_urls, Tags.urls)
         register(checks.check_drf, Tags.compatibility)
         signals.connect_logging()
+        if importlib.util.find_spec("drf_spectacular") is not None:
+            from django_idempotency import openapi  # noqa: F401  (registers the extensions)

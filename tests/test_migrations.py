@@ -75,13 +75,6 @@ def test_scope_and_key_columns_compare_case_sensitively() -> None:
     assert IdempotencyRecord.objects.lookup("TENANT", "abc") is None
 
 
-@pytest.mark.xfail(
-    connection.vendor == "mysql",
-    strict=True,
-    reason="migration 0001 gives scope/key utf8mb4_bin, a PAD SPACE collation: 'tenant ' "
-    "= 'tenant'. keys.compute_scope hashes such scopes, but direct QuerySet / once() "
-    "callers are exposed; utf8mb4_nopad_bin (MariaDB) / utf8mb4_0900_bin (MySQL 8) fix it",
-)
 @pytest.mark.django_db
 def test_trailing_spaces_make_another_scope() -> None:
     """Scopes from a callable may end in a space (keys cannot)."""

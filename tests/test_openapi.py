@@ -206,11 +206,6 @@ def test_an_optional_precondition_has_no_428(schema: dict[str, Any]) -> None:
     assert "412" in problem_statuses(patch)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="apps.py (not owned here) must import django_idempotency.openapi in ready() "
-    "when drf_spectacular is importable, so the extensions register by themselves",
-)
 def test_the_extensions_register_when_the_app_is_ready() -> None:
     script = (
         "import django; django.setup()\n"

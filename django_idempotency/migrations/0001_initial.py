@@ -6,15 +6,18 @@ from django.db import migrations, models
 
 
 def binary_keys_on_mysql(apps, schema_editor):
-    """Keys are case-sensitive: MySQL's default *_ci collations would make "abc" and
-    "ABC" one key and replay one client's response to another intent."""
-    if schema_editor.connection.vendor != "mysql":
+    """Keys and scopes compare byte for byte. MySQL's default *_ci collations would make
+    "abc" and "ABC" one key, and PAD SPACE collations (utf8mb4_bin) "acme " and "acme"
+    one scope: either would replay one intent's response to another."""
+    connection = schema_editor.connection
+    if connection.vendor != "mysql":
         return
+    collation = "utf8mb4_nopad_bin" if connection.mysql_is_mariadb else "utf8mb4_0900_bin"
     table = schema_editor.quote_name("django_idempotency_record")
     for column in ("scope", "key"):
         schema_editor.execute(
             f"ALTER TABLE {table} MODIFY {schema_editor.quote_name(column)} "
-            "varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL"
+            f"varchar(255) CHARACTER SET utf8mb4 COLLATE {collation} NOT NULL"
         )
 
 
