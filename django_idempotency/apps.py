@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import importlib.util
-
-from django.apps import AppConfig
+from django.apps import AppConfig, apps
 from django.utils.translation import gettext_lazy as _
 
 
@@ -23,5 +21,5 @@ class IdempotencyConfig(AppConfig):
         register(checks.check_urls, Tags.urls)
         register(checks.check_drf, Tags.compatibility)
         signals.connect_logging()
-        if importlib.util.find_spec("drf_spectacular") is not None:
+        if apps.is_installed("drf_spectacular"):
             from django_idempotency import openapi  # noqa: F401  (registers the extensions)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import dj_database_url
@@ -21,11 +22,14 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.admin",
-    "rest_framework",
-    "rest_framework.authtoken",
     "django_idempotency",
     "tests.testapp",
 ]
+# DRF is optional: the no-DRF run uses these same settings without it.
+if importlib.util.find_spec("rest_framework") is not None:
+    INSTALLED_APPS += ["rest_framework", "rest_framework.authtoken"]
+if importlib.util.find_spec("drf_spectacular") is not None:
+    INSTALLED_APPS += ["drf_spectacular"]
 
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
