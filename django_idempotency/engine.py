@@ -13,6 +13,7 @@ import enum
 import hashlib
 import logging
 import math
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -70,6 +71,8 @@ class LeaseLost(Exception):
 class Operation:
     """What the work sees of its operation (``request.idempotency`` in views)."""
 
+    guarded = True
+
     def __init__(self, record: IdempotencyRecord, records: IdempotencyRecordQuerySet) -> None:
         self._record = record
         self._records = records
@@ -106,6 +109,29 @@ class Operation:
         """Record progress of multi-step work; a retry after a crash resumes from it."""
         if not self._records.checkpoint(self._record, name):
             raise LeaseLost(f"operation {self._record.pk} was taken over")
+
+
+class Unguarded:
+    """``request.idempotency`` for a request the guard let through (no key, safe method).
+
+    It has the operation's interface so a view written for ``atomic=False`` still runs,
+    but nothing is remembered: ``derived_key`` is unique to this one request.
+    """
+
+    guarded = False
+    key = None
+    scope = ""
+    attempt = 1
+    recovery_point = ""
+
+    def __init__(self) -> None:
+        self.id = uuid.uuid4()
+
+    def derived_key(self, name: str) -> str:
+        return f"{self.id}:{name}"
+
+    def checkpoint(self, name: str) -> None:
+        self.recovery_point = name
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
 from django.db import connections, transaction
 from django.http import HttpResponseBase
 
@@ -80,18 +80,20 @@ class Guard:
                     key = keys.parse_key(str(key))
             else:
                 key = keys.parse_key(keys.sent_key(request))
+            if key is None:
+                required = conf.REQUIRED if self.required is None else self.required
+                return responses.missing_key() if required else None
+            return engine.Intent(
+                scope=keys.compute_scope(request, self.scope),
+                key=key,
+                fingerprint=self.fingerprint(request),
+                method=request.method,
+                route=keys.route_of(request),
+            )
         except keys.InvalidKey as exc:
             return responses.invalid_key(str(exc))
-        if key is None:
-            required = conf.REQUIRED if self.required is None else self.required
-            return responses.missing_key() if required else None
-        return engine.Intent(
-            scope=keys.compute_scope(request, self.scope),
-            key=key,
-            fingerprint=self.fingerprint(request),
-            method=request.method,
-            route=keys.route_of(request),
-        )
+        except RequestDataTooBig:
+            return responses.too_large()
 
     def run(self, request: Any, view: Callable[[], HttpResponseBase]) -> HttpResponseBase:
         intent = self.intent(request)
@@ -171,6 +173,7 @@ def passthrough(request: Any, view: Callable[[], T]) -> T:
     required) must not lose the transaction the project asked for, unless the project
     itself marked the view ``non_atomic_requests``.
     """
+    request.idempotency = engine.Unguarded()
     alias = engine.records_database()
     if not connections[alias].settings_dict.get("ATOMIC_REQUESTS") or _opted_out(request, alias):
         return view()

@@ -99,11 +99,11 @@ def _parse_sf_string(value: str) -> str:
 def compute_scope(request: Any, scope: Callable[[Any], str] | None = None) -> str:
     """The configured scope function's answer, hashed when too long for the column.
 
-    Also hashed when it ends in a space: MySQL/MariaDB ``PAD SPACE`` collations
-    compare ``"acme "`` equal to ``"acme"``, which would let two scopes share keys.
+    Also hashed when it ends in a space (a ``PAD SPACE`` collation would compare
+    ``"acme "`` equal to ``"acme"``) or holds a NUL (PostgreSQL text cannot store it).
     """
     value = str((scope or conf.SCOPE)(request))
-    if len(value) > MAX_SCOPE_LENGTH or value.endswith(" "):
+    if len(value) > MAX_SCOPE_LENGTH or value.endswith(" ") or "\x00" in value:
         value = "sha256:" + hashlib.sha256(value.encode()).hexdigest()
     return value
 
@@ -142,9 +142,11 @@ def canonical_body(request: Any) -> Any:
     body = _raw_body(request)
     if content_type == "application/json" or content_type.endswith("+json"):
         try:
-            return {"json": json.loads(body)}
+            canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"))
         except (ValueError, RecursionError):
-            pass
+            pass  # not JSON after all, or nested too deep to re-serialise: compare bytes
+        else:
+            return {"json": hashlib.sha256(canonical.encode()).hexdigest()}
     elif content_type == "application/x-www-form-urlencoded":
         try:
             return {"form": sorted(django_request.POST.lists())}
@@ -157,7 +159,9 @@ def _raw_body(request: Any) -> bytes:
     django_request = getattr(request, "_request", request)  # DRF wraps the HttpRequest
     try:
         return bytes(django_request.body)
-    except Exception:  # RawPostDataException: a parser already consumed the stream
+    except RequestDataTooBig:
+        raise
+    except Exception:  # RawPostDataException: a DRF parser already consumed the stream
         data = getattr(request, "data", None)
         return json.dumps(_plain(data), sort_keys=True, default=str).encode()
 

@@ -60,7 +60,7 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
             fingerprint=fingerprint,
             status=Status.IN_PROGRESS,
             method=method[:10],
-            route=route[:255],
+            route=route.replace("\x00", "\ufffd")[:255],
             lease_token=uuid.uuid4(),
             locked_until=now + lease,
             created_at=now,

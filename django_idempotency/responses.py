@@ -79,6 +79,9 @@ LOCK_CONFLICT = Problem(
 LEASE_LOST = Problem(
     "idempotency-lease-lost", 409, "This attempt was taken over by a retry of the same request"
 )
+BODY_TOO_LARGE = Problem(
+    "idempotency-body-too-large", 413, "The request body is too large to fingerprint"
+)
 UNAVAILABLE = Problem("idempotency-unavailable", 503, "The idempotency store is unavailable")
 NOT_STORED = Problem(
     "idempotency-response-not-stored", 303, "The operation completed; its response was not stored"
@@ -210,6 +213,13 @@ def unavailable() -> HttpResponse:
     return UNAVAILABLE.response(
         "The request was not processed. Retry later with the same Idempotency-Key.",
         headers={"Retry-After": "5"},
+    )
+
+
+def too_large() -> HttpResponse:
+    return BODY_TOO_LARGE.response(
+        "The request body is larger than DATA_UPLOAD_MAX_MEMORY_SIZE, so it cannot be "
+        "compared with a retry's. Nothing was run; send a smaller body."
     )
 
 

@@ -338,12 +338,6 @@ def test_deeply_nested_json_is_fingerprinted(shape: str, depth: int) -> None:
     assert_replay(response, send(client, "/fuzz/two-phase/", key="deep", body=body))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="keys.fingerprint: json.loads succeeds on a body nested a little below the "
-    "recursion limit, then digest()'s json.dumps of {'body': {'json': ...}} runs two levels "
-    "deeper and raises RecursionError, which nothing catches: a 500",
-)
 @pytest.mark.django_db
 @pytest.mark.parametrize("shape", ["[", '{"a":'])
 def test_json_nested_just_below_the_recursion_limit_is_not_a_500(shape: str) -> None:
@@ -384,12 +378,6 @@ def test_a_body_past_data_upload_max_memory_size_leaves_no_record(
 
 @pytest.mark.django_db
 @pytest.mark.usefixtures("small_limits")
-@pytest.mark.xfail(
-    strict=True,
-    reason="keys.fingerprint: a body past DATA_UPLOAD_MAX_MEMORY_SIZE cannot be read, "
-    "_raw_body falls back to json.dumps(None), so every huge body has one fingerprint "
-    "and a different payload under the same key is replayed instead of answered 422",
-)
 def test_two_different_huge_bodies_under_one_key_are_not_one_intent() -> None:
     client = Client()
     first = send(client, "/fuzz/two-phase/", key="huge", body=b"a" * 5_000)
@@ -478,13 +466,6 @@ def test_an_unguarded_method_or_no_key_passes_through_without_a_record() -> None
     assert Order.objects.count() == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="guard.run / Guard.applies: a request that passes through unguarded (no key "
-    "with REQUIRED=False, or GET) reaches an atomic=False view without "
-    "request.idempotency, so the documented `request.idempotency.derived_key(...)` "
-    "raises AttributeError: a 500",
-)
 @pytest.mark.django_db
 @pytest.mark.parametrize(("method", "key"), [("POST", None), ("GET", "k")])
 def test_an_atomic_false_view_without_a_key_is_not_a_500(method: str, key: str | None) -> None:
@@ -492,13 +473,6 @@ def test_an_atomic_false_view_without_a_key_is_not_a_500(method: str, key: str |
     assert response.status_code < 500
 
 
-@pytest.mark.xfail(
-    VENDOR.startswith("postgres"),
-    strict=True,
-    reason="models.claim stores the raw path in `route`; PostgreSQL text cannot hold NUL, "
-    "so a path with %00 makes the claim INSERT fail with DataError and the guard "
-    "answers 503 'store unavailable' for a client's request",
-)
 @pytest.mark.django_db
 @pytest.mark.parametrize("prefix", ["/fuzz/two-phase/", "/fuzz/single/", "/fuzz/non-atomic/"])
 def test_a_nul_in_the_path_is_not_a_server_error(prefix: str) -> None:
