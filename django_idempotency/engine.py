@@ -518,8 +518,9 @@ class Block:
         except STORE_ERRORS as exc:
             return _database_failure(exc, self.intent)
         try:
-            records.bound_lock_wait(self.policy.wait or self.policy.lease)
-            claimed = _claim(records, self.intent, self.policy)
+            bound = self.policy.wait or self.policy.lease
+            records.bound_lock_wait(bound)
+            claimed = _claim(records, self.intent, self.policy, wait=bound)
         except STORE_ERRORS as exc:
             atomic.__exit__(type(exc), exc, exc.__traceback__)
             return _database_failure(exc, self.intent)
