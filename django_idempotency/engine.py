@@ -64,6 +64,14 @@ class Stored:
     body: bytes | None
 
 
+class StoreFailed(Exception):
+    """A checkpoint could not be written: the store failed, not the view."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class LeaseLost(Exception):
     """This attempt's lease was taken over by a retry: its work must not commit."""
 
@@ -107,7 +115,11 @@ class Operation:
 
     def checkpoint(self, name: str) -> None:
         """Record progress of multi-step work; a retry after a crash resumes from it."""
-        if not self._records.checkpoint(self._record, name):
+        try:
+            written = self._records.checkpoint(self._record, name)
+        except STORE_ERRORS as exc:
+            raise StoreFailed(exc) from exc
+        if not written:
             raise LeaseLost(f"operation {self._record.pk} was taken over")
 
 
@@ -335,6 +347,9 @@ def _run_in_transaction(
     except LeaseLost:
         _send(signals.operation_conflict, record, intent, reason="lease_lost")
         return Busy("lease_lost")
+    except StoreFailed as exc:
+        _forget(records, record)
+        return _database_failure(exc.error, intent, record)
     except STORE_ERRORS as exc:
         if not (stage == "lock" and is_lock_conflict(exc)):
             _forget(records, record)
@@ -368,6 +383,9 @@ def _run_outside_transaction(
     except LeaseLost:
         _send(signals.operation_conflict, record, intent, reason="lease_lost")
         return Busy("lease_lost")
+    except StoreFailed as exc:
+        _unlock(records, record)
+        return _database_failure(exc.error, intent, record)
     except STORE_ERRORS as exc:
         _unlock(records, record)
         if is_lock_conflict(exc):
@@ -425,6 +443,8 @@ def _single_transaction(
             stage = "commit"
     except LeaseLost:
         return Busy("lease_lost")
+    except StoreFailed as exc:
+        return _database_failure(exc.error, intent)
     except STORE_ERRORS as exc:
         if _belongs_to_work(exc, stage):
             raise
