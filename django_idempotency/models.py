@@ -30,8 +30,9 @@ class Status(models.TextChoices):
 
 class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
     def lookup(self, scope: str, key: str) -> IdempotencyRecord | None:
-        record: IdempotencyRecord | None = self.filter(scope=scope, key=key).first()
-        return record
+        # No ORDER BY: (scope, key) is unique, and the default ordering would add a sort.
+        rows = list(self.filter(scope=scope, key=key).order_by()[:1])
+        return rows[0] if rows else None
 
     def claim(
         self,
@@ -126,7 +127,7 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         rows = self.select_for_update(nowait=nowait).filter(
             pk=record.pk, lease_token=record.lease_token
         )
-        return rows.values_list("pk", flat=True).first() is not None
+        return bool(list(rows.order_by().values_list("pk", flat=True)[:1]))
 
     def finalize(
         self,
