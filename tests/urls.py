@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import importlib.util
+
 from django.urls import include, path
 
 from tests.testapp import views
@@ -11,3 +13,8 @@ urlpatterns = [
     path("fuzz/", include("tests.testapp.fuzz_views")),
     path("strategies/", include("tests.testapp.strategy_views")),
 ]
+if importlib.util.find_spec("rest_framework") is not None:  # the suite also runs without DRF
+    urlpatterns += [
+        path("", include("tests.testapp.drf_views")),
+        path("fuzz/", include("tests.testapp.fuzz_drf_views")),
+    ]

@@ -12,13 +12,8 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
-from rest_framework import serializers
-from rest_framework.permissions import AllowAny
-from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from django_idempotency.decorators import idempotent
-from django_idempotency.drf import IdempotentMixin
 from django_idempotency.scopes import by_user_or_session
 from tests.testapp.models import Order
 
@@ -136,24 +131,6 @@ def session_scoped(request: HttpRequest) -> HttpResponse:
     return _answer(request, _order(request))
 
 
-class OrderInput(serializers.Serializer[Any]):
-    reference = serializers.CharField(max_length=100, required=False, default="")
-
-
-class ApiOrders(IdempotentMixin, APIView):
-    """DRF with token, basic and session auth (tests/settings.py), anonymous allowed."""
-
-    permission_classes = [AllowAny]
-
-    def post(self, request: Any) -> Response:
-        serializer = OrderInput(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        order = Order.objects.create(
-            reference=serializer.validated_data["reference"], owner=_who(request)[:100]
-        )
-        return Response({"order": order.pk, "who": _who(request)}, status=201)
-
-
 urlpatterns = [
     path("two-phase/", two_phase),
     path("two-phase/<path:rest>", two_phase),
@@ -169,5 +146,4 @@ urlpatterns = [
     path("private-headers/", private_headers),
     path("echo-headers/", echo_headers),
     path("session/", session_scoped),
-    path("api/", ApiOrders.as_view()),
 ]

@@ -15,14 +15,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.template import engines
 from django.template.response import TemplateResponse
 from django.urls import path
-from rest_framework import serializers, status, viewsets
-from rest_framework.permissions import BasePermission, IsAuthenticated
-from rest_framework.response import Response
-from rest_framework.throttling import BaseThrottle
-from rest_framework.views import APIView
 
 from django_idempotency.decorators import idempotent
-from django_idempotency.drf import IdempotentMixin
 from django_idempotency.keys import payload_hash
 from django_idempotency.models import IdempotencyRecord
 from django_idempotency.scopes import by_user_or_session
@@ -129,39 +123,6 @@ def plain_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse(f"{request.method} ok")
 
 
-class OrderSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = Order
-        fields = ["id", "reference", "amount", "owner"]
-        read_only_fields = ["owner"]
-
-    def validate_amount(self, value: int) -> int:
-        if value < 0:
-            raise serializers.ValidationError("must not be negative")
-        return value
-
-
-class OrderViewSet(IdempotentMixin, viewsets.ModelViewSet):
-    queryset = Order.objects.all()
-    serializer_class = OrderSerializer
-    idempotent_actions = {"create", "partial_update"}
-    permission_classes = [IsAuthenticated]
-
-    def perform_create(self, serializer: Any) -> None:
-        serializer.save(owner=str(self.request.user.pk))
-
-
-class ValidatingOrderView(IdempotentMixin, APIView):
-    """Writes a row, then fails validation: the write must roll back."""
-
-    def post(self, request: Any) -> Response:
-        Order.objects.create(reference="before-validation")
-        serializer = OrderSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        serializer.save()
-        return Response(serializer.data, status=status.HTTP_201_CREATED)
-
-
 urlpatterns = [
     path("orders/", create_order, name="create-order"),
     path("orders/required/", create_order_required),
@@ -174,12 +135,6 @@ urlpatterns = [
     path("orders/<int:pk>/pay/", create_order),
     path("charges/", charge),
     path("plain/", plain_view),
-    path("api/orders/", OrderViewSet.as_view({"get": "list", "post": "create"})),
-    path(
-        "api/orders/<int:pk>/",
-        OrderViewSet.as_view({"get": "retrieve", "patch": "partial_update", "put": "update"}),
-    ),
-    path("api/validating/", ValidatingOrderView.as_view()),
 ]
 
 
@@ -295,61 +250,6 @@ async def flaky_order_async(request: HttpRequest) -> HttpResponse:
     return _fail_if_told() or JsonResponse({"id": order.pk}, status=201)
 
 
-class DenyAll(BasePermission):
-    def has_permission(self, request: Any, view: Any) -> bool:
-        return False
-
-
-class AlwaysThrottled(BaseThrottle):
-    def allow_request(self, request: Any, view: Any) -> bool:
-        return False
-
-    def wait(self) -> float:
-        return 7.0
-
-
-class DeniedOrderView(IdempotentMixin, APIView):
-    permission_classes = [DenyAll]
-
-    def post(self, request: Any) -> Response:
-        Order.objects.create(reference="denied")
-        return Response({}, status=status.HTTP_201_CREATED)
-
-
-class ThrottledOrderView(IdempotentMixin, APIView):
-    throttle_classes = [AlwaysThrottled]
-
-    def post(self, request: Any) -> Response:
-        Order.objects.create(reference="throttled")
-        return Response({}, status=status.HTTP_201_CREATED)
-
-
-class ApiOrderView(IdempotentMixin, APIView):
-    """A plain APIView guarding POST only; fails as ``CONTROL["fail"]`` says."""
-
-    idempotent_actions = {"post"}
-
-    def post(self, request: Any) -> Response:
-        order = Order.objects.create(
-            reference=str(request.data.get("reference", "")),
-            owner=str(request.user.pk) if request.user.is_authenticated else "",
-        )
-        failure = CONTROL.get("fail")
-        if failure == "raise":
-            raise RuntimeError("the view failed")
-        if failure == "drf-error":
-            raise serializers.ValidationError({"reference": ["rejected after the write"]})
-        if failure:
-            return Response({"failed": True}, status=int(failure))
-        return Response({"id": order.pk, "owner": order.owner}, status=status.HTTP_201_CREATED)
-
-    def delete(self, request: Any) -> Response:
-        Order.objects.create(reference="deleted")
-        if CONTROL.get("fail") == "raise":
-            raise RuntimeError("the view failed")
-        return Response(status=status.HTTP_204_NO_CONTENT)
-
-
 def _invoice_key(request: HttpRequest) -> str:
     return f"invoice:{request.resolver_match.kwargs['pk']}"  # type: ignore[union-attr]
 
@@ -418,9 +318,6 @@ urlpatterns += [
     path("orders/probe/", atomic_probe),
     path("orders/probe/opted-out/", atomic_probe_opted_out),
     path("orders/async/flaky/", flaky_order_async),
-    path("api/denied/", DeniedOrderView.as_view()),
-    path("api/throttled/", ThrottledOrderView.as_view()),
-    path("api/plain/", ApiOrderView.as_view()),
     path("invoices/<int:pk>/pay/", pay_invoice),
     path("hooks/", webhook),
     path("orders/by-ref/", order_by_ref),
