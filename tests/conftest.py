@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -10,6 +11,11 @@ import pytest
 from django.test import Client
 
 from tests.testapp import views
+
+# The suite also runs without Django REST framework (CI: DRF=0); tests of DRF views skip.
+needs_drf = pytest.mark.skipif(
+    importlib.util.find_spec("rest_framework") is None, reason="needs Django REST framework"
+)
 
 
 @pytest.fixture(autouse=True)

@@ -18,6 +18,7 @@ from django.urls import path
 
 from django_idempotency import checks
 from django_idempotency.conf import DEFAULTS
+from tests.conftest import needs_drf
 
 
 def plain_view(request: Any) -> Any:  # pragma: no cover - never requested
@@ -235,8 +236,9 @@ class TestSetUps:
     def test_w005_leaves_a_broken_urlconf_to_django(self):
         assert check_error_codes(checks.check_urls) == []
 
+    @needs_drf
     def test_e013_drf_mixin_without_drf(self):
-        import tests.testapp.views  # noqa: F401  (subclasses IdempotentMixin)
+        import tests.testapp.drf_views  # noqa: F401  (subclasses IdempotentMixin)
 
         apps_without_drf = [
             app for app in settings.INSTALLED_APPS if not app.startswith("rest_framework")
@@ -247,6 +249,7 @@ class TestSetUps:
         assert found[0].msg.startswith("django_idempotency.drf is imported by")
         assert found[0].hint
 
+    @needs_drf
     def test_e013_quiet_with_drf_installed(self):
         import django_idempotency.drf  # noqa: F401
 

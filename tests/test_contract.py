@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from django_idempotency import responses
 from django_idempotency.models import IdempotencyRecord, Status
-from tests.conftest import send
+from tests.conftest import needs_drf, send
 from tests.factories import IdempotencyRecordFactory, request_fingerprint
 from tests.testapp import views
 from tests.testapp.models import Order
@@ -547,7 +547,14 @@ def records_table_gone():
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
-    "path", ["/orders/", "/orders/single/", "/orders/nonatomic/", "/orders/async/", "/api/plain/"]
+    "path",
+    [
+        "/orders/",
+        "/orders/single/",
+        "/orders/nonatomic/",
+        "/orders/async/",
+        pytest.param("/api/plain/", marks=needs_drf),
+    ],
 )
 def test_store_unreachable_is_503_not_500(records_table_gone, path) -> None:
     client = Client(raise_request_exception=False)
@@ -660,6 +667,7 @@ def test_failure_under_atomic_requests_releases(atomic_requests) -> None:
     assert send(client, "/orders/flaky/", {}, key="k1").status_code == 201
 
 
+@needs_drf
 @pytest.mark.django_db(transaction=True)
 def test_mixin_under_atomic_requests(atomic_requests) -> None:
     from rest_framework.test import APIClient
@@ -703,6 +711,7 @@ def test_the_projects_own_non_atomic_requests_is_kept(atomic_requests, post) -> 
     assert views.CONTROL["atomic_blocks"] == 1  # the guard's own transaction
 
 
+@needs_drf
 @pytest.mark.django_db(transaction=True)
 def test_unguarded_drf_actions_keep_atomic_requests(atomic_requests) -> None:
     from rest_framework.test import APIClient

@@ -7,6 +7,9 @@ import base64
 
 import pytest
 from django.contrib.auth.models import User
+
+pytest.importorskip("rest_framework", reason="Django REST framework is not installed")
+
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 

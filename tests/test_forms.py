@@ -15,6 +15,7 @@ from django.template import Context, Template
 from django.test import Client
 
 from django_idempotency.models import IdempotencyRecord
+from tests.conftest import needs_drf
 from tests.testapp.models import Order
 from tests.testapp.strategy_views import POSTS_SEEN
 
@@ -143,6 +144,7 @@ print([a.status_code for a in answers], answers[0]["Location"] == answers[1]["Lo
 """
 
 
+@needs_drf  # the sample site's settings install DRF
 @pytest.mark.skipif(not SAMPLE_SITE.exists(), reason="no sample_site")
 def test_the_sample_shops_checkout_places_one_order_per_form() -> None:
     result = subprocess.run(

@@ -28,10 +28,10 @@ from django.urls import path
 from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rest_framework.authtoken.models import Token
 
 import django_idempotency
 from django_idempotency.models import IdempotencyRecord, Status
+from tests.conftest import needs_drf
 from tests.testapp.fuzz_views import PRIVATE_HEADERS
 from tests.testapp.models import Order
 from tests.urls import urlpatterns as test_urlpatterns
@@ -129,6 +129,8 @@ def people(django_user_model: Any) -> dict[str, User]:
 @pytest.fixture
 def cast(people: dict[str, User]) -> list[Principal]:
     """Built once per test: clients keep their sessions across examples."""
+    from rest_framework.authtoken.models import Token
+
     alice = Token.objects.get_or_create(user=people["alice"])[0].key
     bob = Token.objects.get_or_create(user=people["bob"])[0].key
     carol = Client()
@@ -155,6 +157,7 @@ steps = st.lists(
 )
 
 
+@needs_drf
 @fuzz
 @given(steps=steps)
 def test_no_principal_ever_gets_a_response_stored_for_another_scope(
@@ -185,9 +188,12 @@ def test_no_principal_ever_gets_a_response_stored_for_another_scope(
     assert set(IdempotencyRecord.objects.values_list("scope", "key")) == set(seen)
 
 
+@needs_drf
 def test_a_rejected_credential_leaves_no_record_and_the_fixed_retry_runs(
     people: dict[str, User],
 ) -> None:
+    from rest_framework.authtoken.models import Token
+
     client = Client()
     rejected = post(client, "/fuzz/api/", "k", HTTP_AUTHORIZATION="Token not-a-token")
     assert rejected.status_code == 401
@@ -198,6 +204,7 @@ def test_a_rejected_credential_leaves_no_record_and_the_fixed_retry_runs(
     assert json.loads(accepted.content)["who"] == f"user:{people['alice'].pk}"
 
 
+@needs_drf
 def test_a_permission_denied_request_leaves_no_record() -> None:
     response = post(Client(), "/api/orders/", "k", {"reference": "x", "amount": 1})
     assert response.status_code in {401, 403}
@@ -289,7 +296,10 @@ def test_anonymous_callers_cannot_see_a_users_operation(
     assert status_by_id(anonymous, record.pk).status_code == 404
 
 
+@needs_drf
 def test_token_users_are_scoped_on_the_status_endpoint(people: dict[str, User]) -> None:
+    from rest_framework.authtoken.models import Token
+
     alice = Token.objects.create(user=people["alice"]).key
     bob = Token.objects.create(user=people["bob"]).key
     client = Client()

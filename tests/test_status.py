@@ -19,12 +19,12 @@ from django.http import HttpRequest, HttpResponse
 from django.test import Client, override_settings
 from django.urls import include, path, reverse
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 
 from django_idempotency import views
 from django_idempotency.decorators import idempotent
 from django_idempotency.models import IdempotencyRecord, Status
 from django_idempotency.responses import accepted
+from tests.conftest import needs_drf
 from tests.factories import IdempotencyRecordFactory, request_fingerprint
 
 
@@ -241,7 +241,10 @@ class TestBadRequests:
 
 
 class TestApiCallers:
+    @needs_drf
     def test_token_authenticated(self, client, alice):
+        from rest_framework.authtoken.models import Token
+
         token = Token.objects.create(user=alice)
         record = mine(alice)
         response = client.get(by_id(record), HTTP_AUTHORIZATION=f"Token {token.key}")
@@ -250,12 +253,14 @@ class TestApiCallers:
         response = client.get(by_key(record.key), HTTP_AUTHORIZATION=f"Token {token.key}")
         assert response.json()["id"] == str(record.pk)
 
+    @needs_drf
     def test_basic_authenticated(self, client, alice):
         record = mine(alice)
         credentials = base64.b64encode(b"alice:secret").decode()
         response = client.get(by_id(record), HTTP_AUTHORIZATION=f"Basic {credentials}")
         assert response.status_code == 200
 
+    @needs_drf
     def test_bad_credentials_get_401_not_the_anonymous_scope(self, client):
         record = IdempotencyRecordFactory(scope="anonymous")
         response = client.get(by_id(record), HTTP_AUTHORIZATION="Token not-a-token")
@@ -265,7 +270,10 @@ class TestApiCallers:
         assert response["Cache-Control"] == "no-store"
         assert str(record.pk) not in response.text
 
+    @needs_drf
     def test_token_of_another_user_sees_404(self, client, alice):
+        from rest_framework.authtoken.models import Token
+
         bob = User.objects.create_user("bob")
         token = Token.objects.create(user=bob)
         record = mine(alice)
