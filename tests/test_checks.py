@@ -256,6 +256,10 @@ class TestSetUps:
         assert check_error_codes(checks.check_drf) == []
 
 
+# `manage.py check` asks every database what it supports (Django 6's JSONField check).
+every_database = pytest.mark.django_db(databases="__all__")
+
+
 class TestBound:
     def test_registered(self):
         registered = registry.registry.get_checks()
@@ -274,17 +278,20 @@ class TestBound:
         ]
         assert len(names) == len(set(names))
 
+    @every_database
     def test_manage_py_check_runs_them(self, settings):
         settings.IDEMPOTENCY = {"HEADER": "Idempotency Key"}
         with pytest.raises(SystemCheckError, match=r"django_idempotency\.E002"):
             call_command("check", stdout=StringIO(), stderr=StringIO())
 
+    @every_database
     def test_warnings_fail_at_warning_level(self, settings):
         settings.IDEMPOTENCY = {"LEASE": timedelta(seconds=5)}
         call_command("check", stdout=StringIO(), stderr=StringIO())
         with pytest.raises(SystemCheckError, match=r"django_idempotency\.W003"):
             call_command("check", fail_level="WARNING", stdout=StringIO(), stderr=StringIO())
 
+    @every_database
     @override_settings(ROOT_URLCONF=WithoutStatusUrls)
     def test_manage_py_check_reports_missing_urls(self):
         with pytest.raises(SystemCheckError, match=r"django_idempotency\.W005"):
