@@ -13,6 +13,7 @@ import enum
 import hashlib
 import logging
 import math
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ logger = logging.getLogger("django_idempotency")
 
 R = TypeVar("R")
 CLAIM_ROUNDS = 5
+RELEASE_TRIES = 5
+RELEASE_PAUSE = 0.02
 
 
 class Mode(enum.Enum):
@@ -473,10 +476,17 @@ def _finalize(
 
 
 def _forget(records: IdempotencyRecordQuerySet, record: IdempotencyRecord) -> None:
-    try:
-        records.release(record)
-    except STORE_ERRORS:
-        logger.warning("Could not release %s; a retry takes over after its lease.", record.pk)
+    """Release the key; a brief lock conflict is retried, since a key left claimed makes
+    every retry wait for the whole lease."""
+    for attempt in range(RELEASE_TRIES):
+        try:
+            records.release(record)
+            return
+        except STORE_ERRORS as exc:
+            if not is_lock_conflict(exc) or attempt == RELEASE_TRIES - 1:
+                break
+            time.sleep(RELEASE_PAUSE * 2**attempt)
+    logger.warning("Could not release %s; a retry takes over after its lease.", record.pk)
 
 
 def _unlock(records: IdempotencyRecordQuerySet, record: IdempotencyRecord) -> None:
