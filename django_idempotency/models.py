@@ -15,12 +15,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
-from django.db import IntegrityError, connections, models, router, transaction
+from django.db import DatabaseError, IntegrityError, connections, models, router, transaction
 from django.db.models import F
 from django.db.models.constants import OnConflict
 from django.db.models.sql import InsertQuery
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+
+from django_idempotency.errors import is_lock_conflict
+
+BATCH_TRIES = 5
 
 
 class Status(models.TextChoices):
@@ -351,13 +355,22 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         limit = connection.features.max_query_params
         chunk = max(limit - 50, 1) if limit else batch_size
         label = self.model._meta.label
-        with transaction.atomic(using=self.db):
-            ids = list(selection.values_list("pk", flat=True)[:batch_size])
-            deleted = 0
-            for start in range(0, len(ids), chunk):
-                rows = self.filter(pk__in=ids[start : start + chunk]).only("pk")
-                deleted += rows.delete()[1].get(label, 0)
-        return len(ids), deleted
+        for attempt in range(BATCH_TRIES):
+            try:
+                with transaction.atomic(using=self.db):
+                    ids = list(selection.values_list("pk", flat=True)[:batch_size])
+                    deleted = 0
+                    for start in range(0, len(ids), chunk):
+                        rows = self.filter(pk__in=ids[start : start + chunk]).only("pk")
+                        deleted += rows.delete()[1].get(label, 0)
+                return len(ids), deleted
+            except DatabaseError as exc:
+                # Two purges (or a purge and live traffic) can deadlock on InnoDB's index
+                # locks even with SKIP LOCKED; the batch rolled back whole, so run it again.
+                if not is_lock_conflict(exc) or attempt == BATCH_TRIES - 1:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
 
 
 class IdempotencyRecord(models.Model):
