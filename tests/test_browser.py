@@ -147,7 +147,10 @@ def test_double_clicking_pay_places_one_order(server: Server, page: Any) -> None
     page.goto(f"{server.url}/strategies/checkout/")
 
     page.dblclick("#pay")
-    page.wait_for_url(ORDER_PAGE)
+    # When the second click's submit aborts the first navigation, wait_for_url fails with
+    # ERR_ABORTED; expect() polls for where the page ends instead.
+    playwright_api.expect(page).to_have_url(ORDER_PAGE)
+    playwright_api.expect(page.locator("#order")).to_be_visible()
 
     state = server.control()
     assert len(state["orders"]) == 1
