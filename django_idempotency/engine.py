@@ -269,7 +269,7 @@ def _claim(
 ) -> IdempotencyRecord | Replay | InProgress | Mismatch | Busy:
     intent = _fitted(intent)
     for _ in range(CLAIM_ROUNDS):
-        record = records.claim(
+        existing, created = records.claim(
             scope=intent.scope,
             key=intent.key,
             fingerprint=intent.fingerprint,
@@ -279,10 +279,10 @@ def _claim(
             ttl=policy.ttl,
             wait=wait,
         )
-        if record is not None:
-            _send(signals.operation_started, record, intent)
-            return record
-        existing = records.lookup(intent.scope, intent.key)
+        if created:
+            assert existing is not None
+            _send(signals.operation_started, existing, intent)
+            return existing
         if existing is None:
             continue  # released between our insert and our read
         now = timezone.now()
@@ -431,7 +431,6 @@ def _single_transaction(
     bound = policy.wait or policy.lease
     try:
         with transaction.atomic(using=records.db):
-            records.bound_lock_wait(bound)
             claimed = _claim(records, intent, policy, wait=bound)
             if not isinstance(claimed, IdempotencyRecord):
                 return claimed  # type: ignore[no-any-return]
@@ -549,7 +548,6 @@ class Block:
             return _database_failure(exc, self.intent)
         try:
             bound = self.policy.wait or self.policy.lease
-            records.bound_lock_wait(bound)
             claimed = _claim(records, self.intent, self.policy, wait=bound)
         except STORE_ERRORS as exc:
             atomic.__exit__(type(exc), exc, exc.__traceback__)

@@ -17,12 +17,11 @@ from typing import Any, ClassVar
 
 from django.db import DatabaseError, IntegrityError, connections, models, router, transaction
 from django.db.models import F
-from django.db.models.constants import OnConflict
-from django.db.models.sql import InsertQuery
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from django_idempotency.errors import is_lock_conflict
+from django_idempotency.sql import FINALIZED, Statements, lock_timeout, statements
 
 BATCH_TRIES = 5
 
@@ -33,10 +32,15 @@ class Status(models.TextChoices):
 
 
 class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
+    def _sql(self) -> Statements:
+        return statements(self.model, self.db)
+
     def lookup(self, scope: str, key: str) -> IdempotencyRecord | None:
-        # No ORDER BY: (scope, key) is unique, and the default ordering would add a sort.
-        rows = list(self.filter(scope=scope, key=key).order_by()[:1])
-        return rows[0] if rows else None
+        sql = self._sql()
+        with sql.connection.cursor() as cursor:
+            cursor.execute(sql.lookup, [scope, key])
+            row = cursor.fetchone()
+        return None if row is None else sql.instance(row)  # type: ignore[no-any-return]
 
     def claim(
         self,
@@ -49,54 +53,91 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         lease: timedelta,
         ttl: timedelta,
         wait: timedelta | None = None,
-    ) -> IdempotencyRecord | None:
-        """Insert a new IN_PROGRESS record; ``None`` when (scope, key) already exists.
+    ) -> tuple[IdempotencyRecord | None, bool]:
+        """Insert a new IN_PROGRESS record, or read the record that holds (scope, key).
 
-        The insert ignores conflicts instead of raising, so it needs no savepoint
-        inside a transaction and leaves no error in the database log. A concurrent
-        uncommitted insert of the same key makes it wait (PostgreSQL, InnoDB) until
-        that transaction ends; ``wait`` bounds that on MariaDB, whose lock timeout can
-        be set for one statement (PostgreSQL's comes from ``bound_lock_wait``).
+        Returns ``(record, True)`` for the new record, ``(existing, False)`` when the key
+        is taken, and ``(None, False)`` when it was taken by a row this statement cannot
+        see yet (or that was deleted meanwhile): claim again. The insert ignores
+        conflicts instead of raising, so it needs no savepoint inside a transaction and
+        leaves no error in the database log. A concurrent uncommitted insert of the same
+        key makes it wait (PostgreSQL, InnoDB) until that transaction ends; ``wait``
+        bounds that wait with a lock timeout where the database can set one for the
+        claim: on PostgreSQL it stays in force for the rest of the transaction, on
+        MariaDB it covers the claim only, SQLite waits its connection's ``timeout``.
+        On PostgreSQL the insert and the read are one statement.
         """
         now = timezone.now()
-        record = self.model(
-            scope=scope,
-            key=key,
-            fingerprint=fingerprint,
-            status=Status.IN_PROGRESS,
-            method=method[:10],
-            route=route.replace("\x00", "\ufffd")[:255],
-            lease_token=uuid.uuid4(),
-            locked_until=now + lease,
-            created_at=now,
-            expires_at=now + ttl,
-        )
-        return record if self._insert(record, wait) else None
+        values: dict[str, Any] = {
+            "id": uuid.uuid4(),
+            "scope": scope,
+            "key": key,
+            "fingerprint": fingerprint,
+            "status": Status.IN_PROGRESS.value,
+            "method": method[:10],
+            "route": route.replace("\x00", "\ufffd")[:255],
+            "response_status": None,
+            "response_headers": {},
+            "response_body": None,
+            "lease_token": uuid.uuid4(),
+            "locked_until": now + lease,
+            "attempts": 1,
+            "recovery_point": "",
+            "created_at": now,
+            "completed_at": None,
+            "expires_at": now + ttl,
+        }
+        sql = self._sql()
+        record = self.model.from_db(self.db, sql.names, [values[name] for name in sql.names])
+        if sql.vendor == "postgresql":
+            return self._claim_or_lookup(sql, record, values, wait)
+        if not self._insert(sql, record, values, wait):
+            return self.lookup(scope, key), False
+        return record, True
 
-    def _insert(self, record: IdempotencyRecord, wait: timedelta | None = None) -> bool:
-        connection = connections[self.db]
-        fields = self.model._meta.concrete_fields
-        if not connection.features.supports_ignore_conflicts:
+    def _claim_or_lookup(
+        self,
+        sql: Statements,
+        record: IdempotencyRecord,
+        values: dict[str, Any],
+        wait: timedelta | None,
+    ) -> tuple[IdempotencyRecord | None, bool]:
+        params = sql.claim_params(values)
+        if wait is None:
+            statement = sql.claim_or_lookup
+        else:
+            statement = sql.bounded_claim_or_lookup
+            params.append(lock_timeout(wait))
+        params += [values["scope"], values["key"]]
+        with sql.connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            rows = cursor.fetchall()
+        if any(row[0] for row in rows):
+            return record, True
+        return (sql.instance(rows[0][1:]) if rows else None), False
+
+    def _insert(
+        self,
+        sql: Statements,
+        record: IdempotencyRecord,
+        values: dict[str, Any],
+        wait: timedelta | None,
+    ) -> bool:
+        if not sql.supports_ignore:
             try:
                 with transaction.atomic(using=self.db):
                     self.model.objects.using(self.db).bulk_create([record])
             except IntegrityError:
                 return False
+            record._state.adding = False
             return True
-        query = InsertQuery(self.model, on_conflict=OnConflict.IGNORE)
-        query.insert_values(fields, [record])
         prefix = ""
-        if wait is not None and getattr(connection, "mysql_is_mariadb", False):
+        if wait is not None and sql.is_mariadb:
             seconds = max(math.ceil(wait.total_seconds()), 1)
             prefix = f"SET STATEMENT innodb_lock_wait_timeout={seconds} FOR "
-        inserted = 0
-        with connection.cursor() as cursor:
-            for sql, params in query.get_compiler(using=self.db).as_sql():
-                cursor.execute(prefix + sql, params)
-                inserted += max(cursor.rowcount, 0)
-        record._state.adding = False
-        record._state.db = self.db
-        return inserted == 1
+        with sql.connection.cursor() as cursor:
+            cursor.execute(prefix + sql.insert, sql.claim_params(values))
+            return bool(cursor.rowcount == 1)
 
     def discard_expired(self, record: IdempotencyRecord) -> bool:
         """Delete ``record`` if it has expired, so that the key can be claimed afresh."""
@@ -126,12 +167,11 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
 
     def lock(self, record: IdempotencyRecord, *, nowait: bool = False) -> bool:
         """Row-lock ``record`` for the rest of the transaction if its lease is still ours."""
-        connection = connections[self.db]
-        nowait = nowait and connection.features.has_select_for_update_nowait
-        rows = self.select_for_update(nowait=nowait).filter(
-            pk=record.pk, lease_token=record.lease_token
-        )
-        return bool(list(rows.order_by().values_list("pk", flat=True)[:1]))
+        sql = self._sql()
+        params = [sql.lookup_value("id", record.pk), sql.lookup_value("lease_token", record.lease_token)]
+        with sql.connection.cursor() as cursor:
+            cursor.execute(sql.lock_nowait if nowait else sql.lock, params)
+            return cursor.fetchone() is not None
 
     def finalize(
         self,
@@ -145,23 +185,29 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         """Mark the attempt COMPLETED with its response; ``False`` if the lease was lost."""
         now = timezone.now()
         values: dict[str, Any] = {
-            "status": Status.COMPLETED,
+            "status": Status.COMPLETED.value,
             "response_status": status,
             "response_headers": headers,
             "response_body": body,
             "completed_at": now,
             "expires_at": now + ttl,
-            "locked_until": None,
         }
-        updated = self.filter(
-            pk=record.pk,
-            lease_token=record.lease_token,
-            status=Status.IN_PROGRESS,
-        ).update(**values)
-        if updated:
-            for name, value in values.items():
-                setattr(record, name, value)
-        return bool(updated)
+        sql = self._sql()
+        params = [sql.save_value(name, values[name]) for name in FINALIZED]
+        params += [
+            sql.lookup_value("id", record.pk),
+            sql.lookup_value("lease_token", record.lease_token),
+            Status.IN_PROGRESS.value,
+        ]
+        with sql.connection.cursor() as cursor:
+            cursor.execute(sql.finalize, params)
+            updated = cursor.rowcount
+        if updated != 1:
+            return False
+        for name, value in values.items():
+            setattr(record, name, value)
+        record.locked_until = None
+        return True
 
     def release(self, record: IdempotencyRecord) -> bool:
         """Forget an attempt whose writes were rolled back, so a retry runs again."""
@@ -197,20 +243,6 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         if updated:
             record.recovery_point = recovery_point
         return bool(updated)
-
-    def bound_lock_wait(self, timeout: timedelta) -> None:
-        """Bound how long this transaction waits for row locks, where the database can.
-
-        PostgreSQL gets a transaction-local ``lock_timeout`` (safe behind PgBouncer in
-        transaction pooling). MariaDB has no transaction-local setting: ``claim(wait=)``
-        bounds the claim itself; the rest waits ``innodb_lock_wait_timeout``, as on
-        MySQL. SQLite waits the connection's ``timeout`` option.
-        """
-        connection = connections[self.db]
-        if connection.vendor == "postgresql":
-            milliseconds = max(int(timeout.total_seconds() * 1000), 1)
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{milliseconds}ms"])
 
     def expired(self, now: datetime | None = None) -> IdempotencyRecordQuerySet:
         expired: IdempotencyRecordQuerySet = self.filter(expires_at__lte=now or timezone.now())

@@ -1,0 +1,143 @@
+"""The statements every guarded request runs, written once per database connection.
+
+Building a query through the ORM costs more CPU than the database needs to run it
+(``benchmarks/profile_modes.py`` measured the lookup at 1.9 ms of ORM work for a
+0.3 ms statement). The claim, lookup, row lock and finalize are fixed statements over
+fixed columns, so they are built here once per database alias. Parameters and
+results go through the fields' own conversions, so each backend sees what the ORM
+would have sent (native UUIDs or hex, JSON adapters, naive UTC datetimes on MySQL).
+Rarer writes (take-over, release, checkpoint, purge) stay on the ORM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Model
+from django.db.models.constants import OnConflict
+
+# Left out of the claim: always NULL there, and an untyped NULL in PostgreSQL's
+# ``INSERT ... SELECT`` (the form that bounds the lock wait) would not coerce.
+NOT_CLAIMED = frozenset({"response_status", "response_body", "completed_at"})
+FINALIZED = (
+    "status",
+    "response_status",
+    "response_headers",
+    "response_body",
+    "completed_at",
+    "expires_at",
+)
+
+
+class Statements:
+    """One database's SQL for one model, with its parameter and result conversions."""
+
+    def __init__(self, model: type[Model], connection: BaseDatabaseWrapper) -> None:
+        self.model = model
+        self.alias = connection.alias
+        self.vendor = connection.vendor
+        self.is_mariadb = bool(getattr(connection, "mysql_is_mariadb", False))
+        self.supports_ignore = connection.features.supports_ignore_conflicts
+        meta = model._meta
+        ops = connection.ops
+        fields = list(meta.concrete_fields)
+        self.fields = {field.name: field for field in fields}
+        self.names = [field.name for field in fields]
+        self.claimed = [name for name in self.names if name not in NOT_CLAIMED]
+        self.converters = []
+        for field in fields:
+            column = field.get_col(meta.db_table)
+            self.converters.append(
+                (ops.get_db_converters(column) + column.get_db_converters(connection), column)
+            )
+
+        def q(name: str) -> str:
+            return str(ops.quote_name(self.fields[name].column))
+
+        table = ops.quote_name(meta.db_table)
+        columns = ", ".join(q(name) for name in self.names)
+        claimed = ", ".join(q(name) for name in self.claimed)
+        marks = ", ".join(["%s"] * len(self.claimed))
+        insert = f"{ops.insert_statement(on_conflict=OnConflict.IGNORE)} {table} ({claimed})"
+        ignore = ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, None, None)
+        self.insert = f"{insert} VALUES ({marks}) {ignore}".rstrip()
+        self.lookup = f"SELECT {columns} FROM {table} WHERE {q('scope')} = %s AND {q('key')} = %s"
+        if self.vendor == "postgresql":
+            # One round trip for a claim and for a replay: the insert, or the row that
+            # holds the key. The SELECT runs on the statement's snapshot, so it sees a
+            # conflicting row only if that row was committed before the statement
+            # began; a row committed while the insert waited yields no row at all.
+            def claim_or_lookup(source: str) -> str:
+                return (
+                    f"WITH claimed AS ({insert} {source} {ignore} RETURNING {columns}) "
+                    f"SELECT true, {columns} FROM claimed UNION ALL "
+                    f"SELECT false, {columns} FROM {table} "
+                    f"WHERE {q('scope')} = %s AND {q('key')} = %s"
+                )
+
+            self.claim_or_lookup = claim_or_lookup(f"VALUES ({marks})")
+            # The transaction-local lock_timeout is set by the row's own source, so it
+            # is in force before the insert can wait on a duplicate's uncommitted row.
+            self.bounded_claim_or_lookup = claim_or_lookup(
+                f"SELECT {marks} WHERE set_config('lock_timeout', %s, true) IS NOT NULL"
+            )
+        lock = f"SELECT {q('id')} FROM {table} WHERE {q('id')} = %s AND {q('lease_token')} = %s"
+        features = connection.features
+        self.lock = self.lock_nowait = lock
+        if features.has_select_for_update:
+            self.lock = f"{lock} {ops.for_update_sql()}"
+            self.lock_nowait = f"{lock} {ops.for_update_sql(nowait=features.has_select_for_update_nowait)}"
+        assignments = ", ".join(f"{q(name)} = %s" for name in FINALIZED)
+        self.finalize = (
+            f"UPDATE {table} SET {assignments}, {q('locked_until')} = NULL "
+            f"WHERE {q('id')} = %s AND {q('lease_token')} = %s AND {q('status')} = %s"
+        )
+
+    @property
+    def connection(self) -> BaseDatabaseWrapper:
+        return connections[self.alias]
+
+    def save_value(self, name: str, value: Any) -> Any:
+        return self.fields[name].get_db_prep_save(value, self.connection)
+
+    def lookup_value(self, name: str, value: Any) -> Any:
+        return self.fields[name].get_db_prep_value(value, self.connection, prepared=False)
+
+    def claim_params(self, values: dict[str, Any]) -> list[Any]:
+        return [self.save_value(name, values[name]) for name in self.claimed]
+
+    def instance(self, row: Sequence[Any]) -> Any:
+        """A model instance from a row of all columns, as the ORM would build it."""
+        connection = self.connection
+        values = list(row)
+        for index, (converters, column) in enumerate(self.converters):
+            value = values[index]
+            for converter in converters:
+                value = converter(value, column, connection)
+            values[index] = value
+        return self.model.from_db(self.alias, self.names, values)
+
+
+_statements: dict[tuple[str, type[Model]], Statements] = {}
+
+
+def statements(model: type[Model], alias: str) -> Statements:
+    """The statements for ``alias``, built on first use.
+
+    Keyed by alias and vendor, so a test that points an alias at another database
+    gets statements built for it.
+    """
+    connection = connections[alias]
+    built = _statements.get((alias, model))
+    if built is None or built.vendor != connection.vendor:
+        built = _statements[(alias, model)] = Statements(model, connection)
+    return built
+
+
+def lock_timeout(wait: timedelta) -> str:
+    """``wait`` as a PostgreSQL ``lock_timeout`` value; never 0, which means no limit."""
+    return f"{max(int(wait.total_seconds() * 1000), 1)}ms"
