@@ -21,8 +21,9 @@ from django.db.models import Model
 from django.db.models.constants import OnConflict
 
 # Left out of the claim: always NULL there, and an untyped NULL in PostgreSQL's
-# ``INSERT ... SELECT`` (the form that bounds the lock wait) would not coerce.
+# ``INSERT ... SELECT`` (the form that also bounds the lock wait) would not coerce.
 NOT_CLAIMED = frozenset({"response_status", "response_body", "completed_at"})
+# In this order in ``finalize``'s SET clause (``locked_until`` is set to NULL there).
 FINALIZED = (
     "status",
     "response_status",
@@ -66,24 +67,14 @@ class Statements:
         ignore = ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, None, None)
         self.insert = f"{insert} VALUES ({marks}) {ignore}".rstrip()
         self.lookup = f"SELECT {columns} FROM {table} WHERE {q('scope')} = %s AND {q('key')} = %s"
+        self.bounded_insert = None
         if self.vendor == "postgresql":
-            # One round trip for a claim and for a replay: the insert, or the row that
-            # holds the key. The SELECT runs on the statement's snapshot, so it sees a
-            # conflicting row only if that row was committed before the statement
-            # began; a row committed while the insert waited yields no row at all.
-            def claim_or_lookup(source: str) -> str:
-                return (
-                    f"WITH claimed AS ({insert} {source} {ignore} RETURNING {columns}) "
-                    f"SELECT true, {columns} FROM claimed UNION ALL "
-                    f"SELECT false, {columns} FROM {table} "
-                    f"WHERE {q('scope')} = %s AND {q('key')} = %s"
-                )
-
-            self.claim_or_lookup = claim_or_lookup(f"VALUES ({marks})")
-            # The transaction-local lock_timeout is set by the row's own source, so it
-            # is in force before the insert can wait on a duplicate's uncommitted row.
-            self.bounded_claim_or_lookup = claim_or_lookup(
-                f"SELECT {marks} WHERE set_config('lock_timeout', %s, true) IS NOT NULL"
+            # The transaction-local lock_timeout is set by the row's own source, so it is
+            # in force before the insert can wait on a duplicate's uncommitted row: one
+            # statement instead of two.
+            self.bounded_insert = (
+                f"{insert} SELECT {marks} "
+                f"WHERE set_config('lock_timeout', %s, true) IS NOT NULL {ignore}"
             )
         lock = f"SELECT {q('id')} FROM {table} WHERE {q('id')} = %s AND {q('lease_token')} = %s"
         features = connection.features
@@ -101,18 +92,27 @@ class Statements:
     def connection(self) -> BaseDatabaseWrapper:
         return connections[self.alias]
 
-    def save_value(self, name: str, value: Any) -> Any:
-        return self.fields[name].get_db_prep_save(value, self.connection)
+    def claim_params(self, values: dict[str, Any], connection: BaseDatabaseWrapper) -> list[Any]:
+        fields = self.fields
+        return [fields[name].get_db_prep_save(values[name], connection) for name in self.claimed]
 
-    def lookup_value(self, name: str, value: Any) -> Any:
-        return self.fields[name].get_db_prep_value(value, self.connection, prepared=False)
+    def finalize_params(
+        self, values: dict[str, Any], fence: dict[str, Any], connection: BaseDatabaseWrapper
+    ) -> list[Any]:
+        """``values`` by ``FINALIZED`` for the SET clause, then ``fence`` for the WHERE."""
+        fields = self.fields
+        params = [fields[name].get_db_prep_save(values[name], connection) for name in FINALIZED]
+        return params + self.where_params(fence, connection)
 
-    def claim_params(self, values: dict[str, Any]) -> list[Any]:
-        return [self.save_value(name, values[name]) for name in self.claimed]
+    def where_params(self, values: dict[str, Any], connection: BaseDatabaseWrapper) -> list[Any]:
+        fields = self.fields
+        return [
+            fields[name].get_db_prep_value(value, connection, prepared=False)
+            for name, value in values.items()
+        ]
 
-    def instance(self, row: Sequence[Any]) -> Any:
+    def instance(self, row: Sequence[Any], connection: BaseDatabaseWrapper) -> Any:
         """A model instance from a row of all columns, as the ORM would build it."""
-        connection = self.connection
         values = list(row)
         for index, (converters, column) in enumerate(self.converters):
             value = values[index]

@@ -17,17 +17,16 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 BARE = 1  # INSERT of the order
 # mode -> (first request, replay), over and above nothing: the view's own query included
-# in "first", not in "replay" (the view does not run). On PostgreSQL the claim and the
-# read of an existing record are one statement (and it sets single mode's lock_timeout).
-#   two-phase first:  claim | BEGIN, SELECT ... FOR UPDATE, <view>, UPDATE finalize, COMMIT
-#   two-phase replay: claim (PG: returns the record) [others: SELECT record]
-#   single first:     BEGIN, claim, <view>, UPDATE finalize, COMMIT
-#   single replay:    BEGIN, claim [others: SELECT record], COMMIT
-#   atomic=False:     claim, <view>, UPDATE finalize | replay: claim [others: SELECT]
+# in "first", not in "replay" (the view does not run).
+#   two-phase first:  INSERT claim | BEGIN, SELECT ... FOR UPDATE, <view>, UPDATE finalize, COMMIT
+#   two-phase replay: INSERT claim (ignored), SELECT record
+#   single first:     BEGIN, INSERT claim (PG: also sets lock_timeout), <view>, UPDATE, COMMIT
+#   single replay:    BEGIN, INSERT claim (ignored), SELECT record, COMMIT
+#   atomic=False:     INSERT claim, <view>, UPDATE finalize | replay: INSERT, SELECT
 BUDGET = {
-    "two_phase": {"postgresql": (6, 1), "mysql": (6, 2), "sqlite": (6, 2)},
-    "single_transaction": {"postgresql": (5, 3), "mysql": (5, 4), "sqlite": (5, 4)},
-    "non_atomic": {"postgresql": (3, 1), "mysql": (3, 2), "sqlite": (3, 2)},
+    "two_phase": {"postgresql": (6, 2), "mysql": (6, 2), "sqlite": (6, 2)},
+    "single_transaction": {"postgresql": (5, 4), "mysql": (5, 4), "sqlite": (5, 4)},
+    "non_atomic": {"postgresql": (3, 2), "mysql": (3, 2), "sqlite": (3, 2)},
 }
 PATHS = {
     "two_phase": "/orders/",
