@@ -41,7 +41,7 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         with connection.cursor() as cursor:
             cursor.execute(sql.lookup, [scope, key])
             row = cursor.fetchone()
-        return None if row is None else sql.instance(row, connection)  # type: ignore[no-any-return]
+        return None if row is None else sql.instance(row, connection)
 
     def claim(
         self,
@@ -76,7 +76,7 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
             "scope": scope,
             "key": key,
             "fingerprint": fingerprint,
-            "status": Status.IN_PROGRESS.value,
+            "status": str(Status.IN_PROGRESS),
             "method": method[:10],
             "route": route.replace("\x00", "\ufffd")[:255],
             "response_status": None,
@@ -171,7 +171,7 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         """Mark the attempt COMPLETED with its response; ``False`` if the lease was lost."""
         now = timezone.now()
         values: dict[str, Any] = {
-            "status": Status.COMPLETED.value,
+            "status": str(Status.COMPLETED),
             "response_status": status,
             "response_headers": headers,
             "response_body": body,
@@ -180,7 +180,11 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         }
         sql = self._sql()
         connection = sql.connection
-        fence = {"id": record.pk, "lease_token": record.lease_token, "status": Status.IN_PROGRESS}
+        fence = {
+            "id": record.pk,
+            "lease_token": record.lease_token,
+            "status": str(Status.IN_PROGRESS),
+        }
         params = sql.finalize_params(values, fence, connection)
         with connection.cursor() as cursor:
             cursor.execute(sql.finalize, params)

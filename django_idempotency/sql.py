@@ -11,13 +11,13 @@ Rarer writes (take-over, release, checkpoint, purge) stay on the ORM.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Model
+from django.db.models import Field, Model
 from django.db.models.constants import OnConflict
 
 # Left out of the claim: always NULL there, and an untyped NULL in PostgreSQL's
@@ -56,13 +56,21 @@ class Statements:
                 (ops.get_db_converters(column) + column.get_db_converters(connection), column)
             )
 
+        self.as_text = {name for name in self.names if _sent_as_text(self.fields[name], connection)}
+        self.senders = {field.name: _sender(field, connection) for field in fields}
+
         def q(name: str) -> str:
-            return str(ops.quote_name(self.fields[name].column))
+            return str(ops.quote_name(str(self.fields[name].column)))
+
+        def mark(name: str) -> str:
+            if self.vendor == "postgresql" and name in self.as_text:
+                return f"CAST(%s AS {self.fields[name].cast_db_type(connection)})"
+            return "%s"
 
         table = ops.quote_name(meta.db_table)
         columns = ", ".join(q(name) for name in self.names)
         claimed = ", ".join(q(name) for name in self.claimed)
-        marks = ", ".join(["%s"] * len(self.claimed))
+        marks = ", ".join(mark(name) for name in self.claimed)
         insert = f"{ops.insert_statement(on_conflict=OnConflict.IGNORE)} {table} ({claimed})"
         ignore = ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, None, None)
         self.insert = f"{insert} VALUES ({marks}) {ignore}".rstrip()
@@ -81,8 +89,10 @@ class Statements:
         self.lock = self.lock_nowait = lock
         if features.has_select_for_update:
             self.lock = f"{lock} {ops.for_update_sql()}"
-            self.lock_nowait = f"{lock} {ops.for_update_sql(nowait=features.has_select_for_update_nowait)}"
-        assignments = ", ".join(f"{q(name)} = %s" for name in FINALIZED)
+            self.lock_nowait = (
+                f"{lock} {ops.for_update_sql(nowait=features.has_select_for_update_nowait)}"
+            )
+        assignments = ", ".join(f"{q(name)} = {mark(name)}" for name in FINALIZED)
         self.finalize = (
             f"UPDATE {table} SET {assignments}, {q('locked_until')} = NULL "
             f"WHERE {q('id')} = %s AND {q('lease_token')} = %s AND {q('status')} = %s"
@@ -93,15 +103,15 @@ class Statements:
         return connections[self.alias]
 
     def claim_params(self, values: dict[str, Any], connection: BaseDatabaseWrapper) -> list[Any]:
-        fields = self.fields
-        return [fields[name].get_db_prep_save(values[name], connection) for name in self.claimed]
+        senders = self.senders
+        return [senders[name](values[name], connection) for name in self.claimed]
 
     def finalize_params(
         self, values: dict[str, Any], fence: dict[str, Any], connection: BaseDatabaseWrapper
     ) -> list[Any]:
         """``values`` by ``FINALIZED`` for the SET clause, then ``fence`` for the WHERE."""
-        fields = self.fields
-        params = [fields[name].get_db_prep_save(values[name], connection) for name in FINALIZED]
+        senders = self.senders
+        params = [senders[name](values[name], connection) for name in FINALIZED]
         return params + self.where_params(fence, connection)
 
     def where_params(self, values: dict[str, Any], connection: BaseDatabaseWrapper) -> list[Any]:
@@ -120,6 +130,25 @@ class Statements:
                 value = converter(value, column, connection)
             values[index] = value
         return self.model.from_db(self.alias, self.names, values)
+
+
+def _sent_as_text(field: Field[Any, Any], connection: BaseDatabaseWrapper) -> bool:
+    """PostgreSQL datetimes go as ISO 8601 text with a CAST in the SQL: the driver's
+    datetime adaptation, set up afresh on every Django cursor, cost ~30 us a value."""
+    return connection.vendor == "postgresql" and field.get_internal_type() == "DateTimeField"
+
+
+def _sender(field: Field[Any, Any], connection: BaseDatabaseWrapper) -> Callable[[Any, Any], Any]:
+    """The field's own conversion of a value for saving, then ``_sent_as_text``'s."""
+    prepare = field.get_db_prep_save
+    if not _sent_as_text(field, connection):
+        return prepare
+
+    def send(value: Any, connection: BaseDatabaseWrapper) -> Any:
+        value = prepare(value, connection)
+        return None if value is None else value.isoformat()
+
+    return send
 
 
 _statements: dict[tuple[str, type[Model]], Statements] = {}
