@@ -1,9 +1,8 @@
 """The statements every guarded request runs, written once per database connection.
 
-Building a query through the ORM costs more CPU than the database needs to run it
-(``benchmarks/profile_modes.py`` measured the lookup at 1.9 ms of ORM work for a
-0.3 ms statement). The claim, lookup, row lock and finalize are fixed statements over
-fixed columns, so they are built here once per database alias. Parameters and
+Building a query through the ORM took more CPU than anything else the package did per
+request (``benchmarks/profile_modes.py``). The claim, lookup, row lock and finalize are
+fixed statements over fixed columns, so they are built here once per database alias. Parameters and
 results go through the fields' own conversions, so each backend sees what the ORM
 would have sent (native UUIDs or hex, JSON adapters, naive UTC datetimes on MySQL).
 Rarer writes (take-over, release, checkpoint, purge) stay on the ORM.
