@@ -91,26 +91,21 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
             "expires_at": now + ttl,
         }
         sql = self._sql()
-        record = self.model.from_db(self.db, sql.names, [values[name] for name in sql.names])
-        if not self._insert(sql, record, values, wait):
+        if not self._insert_claim(sql, values, wait):
             return self.lookup(scope, key), False
+        record = self.model.from_db(self.db, sql.names, [values[name] for name in sql.names])
         return record, True
 
-    def _insert(
-        self,
-        sql: Statements,
-        record: IdempotencyRecord,
-        values: dict[str, Any],
-        wait: timedelta | None,
+    def _insert_claim(
+        self, sql: Statements, values: dict[str, Any], wait: timedelta | None
     ) -> bool:
         connection = sql.connection
         if not sql.supports_ignore:
             try:
                 with transaction.atomic(using=self.db):
-                    self.model.objects.using(self.db).bulk_create([record])
+                    self.model.objects.using(self.db).bulk_create([self.model(**values)])
             except IntegrityError:
                 return False
-            record._state.adding = False
             return True
         statement = sql.insert
         params = sql.claim_params(values, connection)

@@ -101,3 +101,15 @@ def test_a_bounded_claim_stores_the_same_record() -> None:
 
 def test_lookup_misses_cleanly() -> None:
     assert IdempotencyRecord.objects.lookup("user:1", "nope") is None
+
+
+def test_backends_without_insert_ignore_claim_through_the_orm(monkeypatch) -> None:
+    """A backend that cannot ignore conflicts (Oracle) claims with an INSERT that may fail."""
+    from django_idempotency.sql import statements
+
+    monkeypatch.setattr(statements(IdempotencyRecord, "default"), "supports_ignore", False)
+    record, created = claim()
+    assert created and record is not None
+    assert fields(IdempotencyRecord.objects.get(pk=record.pk)) == fields(record)
+    again, created = claim()
+    assert not created and again is not None and again.pk == record.pk
