@@ -39,8 +39,13 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         sql = self._sql()
         connection = sql.connection
         with connection.cursor() as cursor:
-            cursor.execute(sql.lookup, [scope, key])
-            row = cursor.fetchone()
+            return self._read(sql, connection, cursor, scope, key)
+
+    def _read(
+        self, sql: Statements, connection: Any, cursor: Any, scope: str, key: str
+    ) -> IdempotencyRecord | None:
+        cursor.execute(sql.lookup, [scope, key])
+        row = cursor.fetchone()
         return None if row is None else sql.instance(row, connection)
 
     def claim(
@@ -91,22 +96,9 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
             "expires_at": now + ttl,
         }
         sql = self._sql()
-        if not self._insert_claim(sql, values, wait):
-            return self.lookup(scope, key), False
-        record = self.model.from_db(self.db, sql.names, [values[name] for name in sql.names])
-        return record, True
-
-    def _insert_claim(
-        self, sql: Statements, values: dict[str, Any], wait: timedelta | None
-    ) -> bool:
-        connection = sql.connection
         if not sql.supports_ignore:
-            try:
-                with transaction.atomic(using=self.db):
-                    self.model.objects.using(self.db).bulk_create([self.model(**values)])
-            except IntegrityError:
-                return False
-            return True
+            return self._claim_or_fail(sql, values)
+        connection = sql.connection
         statement = sql.insert
         params = sql.claim_params(values, connection)
         if wait is not None and sql.bounded_insert is not None:
@@ -117,7 +109,23 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
             statement = f"SET STATEMENT innodb_lock_wait_timeout={seconds} FOR {statement}"
         with connection.cursor() as cursor:
             cursor.execute(statement, params)
-            return bool(cursor.rowcount == 1)
+            if cursor.rowcount != 1:
+                return self._read(sql, connection, cursor, scope, key), False
+        return self.model.from_db(self.db, sql.names, [values[name] for name in sql.names]), True
+
+    def _claim_or_fail(
+        self, sql: Statements, values: dict[str, Any]
+    ) -> tuple[IdempotencyRecord | None, bool]:
+        """For backends that cannot ignore a conflict (Oracle): insert, or catch the error."""
+        record = self.model(**values)
+        try:
+            with transaction.atomic(using=self.db):
+                self.model.objects.using(self.db).bulk_create([record])
+        except IntegrityError:
+            return self.lookup(values["scope"], values["key"]), False
+        record._state.adding = False
+        record._state.db = self.db
+        return record, True
 
     def discard_expired(self, record: IdempotencyRecord) -> bool:
         """Delete ``record`` if it has expired, so that the key can be claimed afresh."""

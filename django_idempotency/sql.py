@@ -137,17 +137,27 @@ def _sent_as_text(field: Field[Any, Any], connection: BaseDatabaseWrapper) -> bo
     return connection.vendor == "postgresql" and field.get_internal_type() == "DateTimeField"
 
 
+# Fields whose Python value is what every backend's driver takes, once it is a str or int.
+AS_IS = frozenset({"CharField", "PositiveIntegerField", "PositiveSmallIntegerField"})
+
+
 def _sender(field: Field[Any, Any], connection: BaseDatabaseWrapper) -> Callable[[Any, Any], Any]:
-    """The field's own conversion of a value for saving, then ``_sent_as_text``'s."""
-    prepare = field.get_db_prep_save
-    if not _sent_as_text(field, connection):
-        return prepare
+    """How a value of ``field`` becomes a parameter: the field's own conversion, except
+    where it only spends time. The values come from the engine (str, int, aware datetimes
+    from ``timezone.now()``), never from user input, so nothing is left to validate."""
+    if field.get_internal_type() in AS_IS:
+        return _as_is
+    if _sent_as_text(field, connection):
+        return _isoformat
+    return field.get_db_prep_save
 
-    def send(value: Any, connection: BaseDatabaseWrapper) -> Any:
-        value = prepare(value, connection)
-        return None if value is None else value.isoformat()
 
-    return send
+def _as_is(value: Any, connection: BaseDatabaseWrapper) -> Any:
+    return value
+
+
+def _isoformat(value: Any, connection: BaseDatabaseWrapper) -> Any:
+    return None if value is None else value.isoformat()
 
 
 _statements: dict[tuple[str, type[Model]], Statements] = {}
