@@ -1,11 +1,11 @@
-"""The statements every guarded request runs, written once per database connection.
+"""The statements every guarded request runs, written once per database.
 
 Building a query through the ORM took more CPU than anything else the package did per
 request (``benchmarks/profile_modes.py``). The claim, lookup, row lock and finalize are
-fixed statements over fixed columns, so they are built here once per database alias. Parameters and
-results go through the fields' own conversions, so each backend sees what the ORM
-would have sent (native UUIDs or hex, JSON adapters, naive UTC datetimes on MySQL).
-Rarer writes (take-over, release, checkpoint, purge) stay on the ORM.
+fixed statements over fixed columns, so they are built here once per database alias.
+Results go through the fields' own converters, so a record reads as the ORM reads it;
+parameters through the fields' own conversions, except where those only cost time
+(``_sender``). Rarer writes (take-over, release, checkpoint, purge) stay on the ORM.
 """
 
 from __future__ import annotations
@@ -143,8 +143,8 @@ AS_IS = frozenset({"CharField", "PositiveIntegerField", "PositiveSmallIntegerFie
 
 def _sender(field: Field[Any, Any], connection: BaseDatabaseWrapper) -> Callable[[Any, Any], Any]:
     """How a value of ``field`` becomes a parameter: the field's own conversion, except
-    where it only spends time. The values come from the engine (str, int, aware datetimes
-    from ``timezone.now()``), never from user input, so nothing is left to validate."""
+    where it only spends time. The values are made by this package (str, int, datetimes
+    from ``timezone.now()``), so a str or int conversion would have nothing to do."""
     if field.get_internal_type() in AS_IS:
         return _as_is
     if _sent_as_text(field, connection):
