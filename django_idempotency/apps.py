@@ -18,6 +18,7 @@ class IdempotencyConfig(AppConfig):
         register(checks.check_settings, Tags.compatibility)
         register(checks.check_records_database, Tags.database)
         register(checks.check_atomic_requests, Tags.database)
+        register(checks.check_autocommit, Tags.database)
         register(checks.check_urls, Tags.urls)
         register(checks.check_drf, Tags.compatibility)
         signals.connect_logging()

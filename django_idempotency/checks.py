@@ -25,6 +25,7 @@ id                            reported when
 ``django_idempotency.W003``   ``LEASE`` is shorter than 30 seconds
 ``django_idempotency.W004``   ``TTL`` is not longer than ``LEASE``
 ``django_idempotency.W005``   ``django_idempotency.urls`` is not in the URLconf
+``django_idempotency.W006``   ``AUTOCOMMIT`` is off for the records' database
 ``django_idempotency.I001``   ``ATOMIC_REQUESTS`` is on for the records' database
 ============================  ===============================================================
 """
@@ -297,6 +298,28 @@ def check_atomic_requests(app_configs: Any = None, **kwargs: Any) -> list[CheckM
             hint="Nothing to do. Code that relies on the request-wide transaction outside "
             "the view (middleware writes) runs in autocommit for guarded views.",
             id=PREFIX + "I001",
+        )
+    ]
+
+
+def check_autocommit(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W006: without autocommit nothing commits the claim before the view runs."""
+    from django_idempotency.engine import records_database
+
+    alias = records_database()
+    if alias not in connections or connections.settings[alias].get("AUTOCOMMIT", True):
+        return []
+    return [
+        Warning(
+            f"AUTOCOMMIT is off for {alias!r}, the idempotency records' database. The "
+            "default mode and atomic=False commit the key's claim before the view runs, "
+            "which needs autocommit: guarded views in those modes refuse to run "
+            "(RuntimeError). Only single_transaction=True works, inside a transaction "
+            "your code commits.",
+            hint="Leave AUTOCOMMIT on (Django's default) and use transaction.atomic() "
+            "where you need a transaction, or guard every view with "
+            "single_transaction=True.",
+            id=PREFIX + "W006",
         )
     ]
 

@@ -53,6 +53,7 @@ class TestDefaults:
             checks.check_settings,
             checks.check_records_database,
             checks.check_atomic_requests,
+            checks.check_autocommit,
             checks.check_urls,
             checks.check_drf,
         ):
@@ -225,6 +226,13 @@ class TestSetUps:
         assert info.id == "django_idempotency.I001"
         assert "opt out" in info.msg
         assert info.hint
+
+    def test_w006_autocommit_off(self, monkeypatch):
+        monkeypatch.setitem(connections.settings["default"], "AUTOCOMMIT", False)
+        [warning] = messages(checks.check_autocommit)
+        assert warning.id == "django_idempotency.W006"
+        assert "'default'" in warning.msg and "single_transaction=True" in warning.msg
+        assert warning.hint
 
     @override_settings(ROOT_URLCONF=WithoutStatusUrls)
     def test_w005_status_urls_not_included(self):

@@ -318,3 +318,15 @@ def test_signals_for_conflicts(received) -> None:
 def test_no_completed_signal_for_a_failed_attempt(received) -> None:
     run(Work(result="failed"))
     assert "operation_completed" not in _names(received)
+
+
+@pytest.mark.parametrize("mode", [engine.Mode.TWO_PHASE, engine.Mode.NON_ATOMIC])
+def test_autocommit_off_is_refused_before_any_claim(monkeypatch, mode) -> None:
+    """With AUTOCOMMIT off nothing would commit the claim: refuse (check W006 warns)."""
+    from django.db import connection
+
+    monkeypatch.setattr(connection, "get_autocommit", lambda: False)
+    work = Work()
+    with pytest.raises(RuntimeError, match="Autocommit is off"):
+        engine.execute(intent(), policy(mode), work, store)
+    assert work.calls == 0 and not IdempotencyRecord.objects.exists()
