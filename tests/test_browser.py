@@ -143,20 +143,26 @@ def page(browser: Any, server: Server) -> Iterator[Any]:
     context.close()
 
 
-def test_double_clicking_pay_places_one_order(server: Server, page: Any) -> None:
-    page.goto(f"{server.url}/strategies/checkout/")
-
-    page.dblclick("#pay")
+def _on_the_one_order_page(server: Server, page: Any) -> dict[str, Any]:
+    """Wait for the page to land on an order page; assert one order exists and it is that
+    one. Returns the server's state for further checks."""
     # When the second click's submit aborts the first navigation, wait_for_url fails with
     # ERR_ABORTED; expect() polls for where the page ends instead.
     playwright_api.expect(page).to_have_url(ORDER_PAGE)
     playwright_api.expect(page.locator("#order")).to_be_visible()
-
-    state = server.control()
+    state: dict[str, Any] = server.control()
     assert len(state["orders"]) == 1
     (order,) = state["orders"]
     assert page.url == f"{server.url}/strategies/orders/{order}/"
     assert page.inner_text("#order") == f"Order #{order}"
+    return state
+
+
+def test_double_clicking_pay_places_one_order(server: Server, page: Any) -> None:
+    page.goto(f"{server.url}/strategies/checkout/")
+
+    page.dblclick("#pay")
+    _on_the_one_order_page(server, page)
 
 
 def test_a_second_click_while_the_first_is_processed_gets_the_same_page(
@@ -173,15 +179,7 @@ def test_a_second_click_while_the_first_is_processed_gets_the_same_page(
     page.mouse.click(x, y)  # raw input: no waiting for the navigation it starts
     _wait_until(lambda: len(server.control()["posts"]) == 1, "the first POST never arrived")
     page.mouse.click(x, y)
-    # The first navigation is aborted by the second submit; wait for where it ends.
-    playwright_api.expect(page).to_have_url(ORDER_PAGE)
-    playwright_api.expect(page.locator("#order")).to_be_visible()
-
-    state = server.control()
-    assert len(state["orders"]) == 1
-    (order,) = state["orders"]
-    assert page.url == f"{server.url}/strategies/orders/{order}/"
-    assert page.inner_text("#order") == f"Order #{order}"
+    state = _on_the_one_order_page(server, page)
     assert len(state["posts"]) == 2  # both clicks reached the server...
     assert len(set(state["posts"])) == 1  # ...with the form's one key
 
