@@ -57,6 +57,11 @@ class Policy:
     ttl: timedelta
     wait: timedelta = timedelta(0)
 
+    @property
+    def lock_wait(self) -> timedelta:
+        """How long a single-transaction claim waits on a duplicate's uncommitted one."""
+        return self.wait or self.lease
+
 
 @dataclass(frozen=True)
 class Stored:
@@ -428,10 +433,9 @@ def _single_transaction(
     stored: Stored | None = None
     claimed: Any = None
     stage = "claim"
-    bound = policy.wait or policy.lease
     try:
         with transaction.atomic(using=records.db):
-            claimed = _claim(records, intent, policy, wait=bound)
+            claimed = _claim(records, intent, policy, wait=policy.lock_wait)
             if not isinstance(claimed, IdempotencyRecord):
                 return claimed  # type: ignore[no-any-return]
             stage = "work"
@@ -547,8 +551,7 @@ class Block:
         except STORE_ERRORS as exc:
             return _database_failure(exc, self.intent)
         try:
-            bound = self.policy.wait or self.policy.lease
-            claimed = _claim(records, self.intent, self.policy, wait=bound)
+            claimed = _claim(records, self.intent, self.policy, wait=self.policy.lock_wait)
         except STORE_ERRORS as exc:
             atomic.__exit__(type(exc), exc, exc.__traceback__)
             return _database_failure(exc, self.intent)

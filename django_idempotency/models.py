@@ -32,12 +32,13 @@ class Status(models.TextChoices):
 
 
 class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
-    def _sql(self) -> Statements:
-        return statements(self.model, self.db)
+    def _sql(self) -> tuple[Statements, Any]:
+        """The hot statements and the connection they run on, looked up once."""
+        connection = connections[self.db]
+        return statements(self.model, connection), connection
 
     def lookup(self, scope: str, key: str) -> IdempotencyRecord | None:
-        sql = self._sql()
-        connection = sql.connection
+        sql, connection = self._sql()
         with connection.cursor() as cursor:
             return self._read(sql, connection, cursor, scope, key)
 
@@ -95,10 +96,9 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
             "completed_at": None,
             "expires_at": now + ttl,
         }
-        sql = self._sql()
+        sql, connection = self._sql()
         if not sql.supports_ignore:
             return self._claim_or_fail(sql, values)
-        connection = sql.connection
         statement = sql.insert
         params = sql.claim_params(values, connection)
         if wait is not None and sql.bounded_insert is not None:
@@ -155,8 +155,7 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
 
     def lock(self, record: IdempotencyRecord, *, nowait: bool = False) -> bool:
         """Row-lock ``record`` for the rest of the transaction if its lease is still ours."""
-        sql = self._sql()
-        connection = sql.connection
+        sql, connection = self._sql()
         params = sql.where_params({"id": record.pk, "lease_token": record.lease_token}, connection)
         with connection.cursor() as cursor:
             cursor.execute(sql.lock_nowait if nowait else sql.lock, params)
@@ -181,8 +180,7 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
             "completed_at": now,
             "expires_at": now + ttl,
         }
-        sql = self._sql()
-        connection = sql.connection
+        sql, connection = self._sql()
         fence = {
             "id": record.pk,
             "lease_token": record.lease_token,

@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 from django.db.models.constants import OnConflict
@@ -97,10 +96,6 @@ class Statements:
             f"WHERE {q('id')} = %s AND {q('lease_token')} = %s AND {q('status')} = %s"
         )
 
-    @property
-    def connection(self) -> BaseDatabaseWrapper:
-        return connections[self.alias]
-
     def claim_params(self, values: dict[str, Any], connection: BaseDatabaseWrapper) -> list[Any]:
         senders = self.senders
         return [senders[name](values[name], connection) for name in self.claimed]
@@ -163,16 +158,15 @@ def _isoformat(value: Any, connection: BaseDatabaseWrapper) -> Any:
 _statements: dict[tuple[str, type[Model]], Statements] = {}
 
 
-def statements(model: type[Model], alias: str) -> Statements:
-    """The statements for ``alias``, built on first use.
+def statements(model: type[Model], connection: BaseDatabaseWrapper) -> Statements:
+    """The statements for ``connection``'s alias, built on first use.
 
-    Keyed by alias and vendor, so a test that points an alias at another database
-    gets statements built for it.
+    Rebuilt when the alias's vendor changes, so a test that points an alias at another
+    database gets statements built for it.
     """
-    connection = connections[alias]
-    built = _statements.get((alias, model))
+    built = _statements.get((connection.alias, model))
     if built is None or built.vendor != connection.vendor:
-        built = _statements[(alias, model)] = Statements(model, connection)
+        built = _statements[(connection.alias, model)] = Statements(model, connection)
     return built
 
 

@@ -107,7 +107,7 @@ def test_backends_without_insert_ignore_claim_through_the_orm(monkeypatch) -> No
     """A backend that cannot ignore conflicts (Oracle) claims with an INSERT that may fail."""
     from django_idempotency.sql import statements
 
-    monkeypatch.setattr(statements(IdempotencyRecord, "default"), "supports_ignore", False)
+    monkeypatch.setattr(statements(IdempotencyRecord, connection), "supports_ignore", False)
     record, created = claim()
     assert created and record is not None
     assert fields(IdempotencyRecord.objects.get(pk=record.pk)) == fields(record)
