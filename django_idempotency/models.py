@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from django.db import DatabaseError, IntegrityError, connections, models, router, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -29,6 +29,20 @@ BATCH_TRIES = 5
 class Status(models.TextChoices):
     IN_PROGRESS = "in_progress"
     COMPLETED = "completed"
+
+
+def expired_at(now: datetime) -> Q:
+    """The one rule for "expired": past ``expires_at`` and holding no live lease.
+
+    An IN_PROGRESS record whose lease still runs is never expired, even past its
+    ``expires_at`` (a view whose ``ttl`` is shorter than its lease): its attempt may
+    still commit, so treating the key as free would run the work a second time.
+    """
+    return Q(expires_at__lte=now) & ~live_lease(now)
+
+
+def live_lease(now: datetime) -> Q:
+    return Q(status=Status.IN_PROGRESS, locked_until__gt=now)
 
 
 class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
@@ -129,7 +143,7 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
 
     def discard_expired(self, record: IdempotencyRecord) -> bool:
         """Delete ``record`` if it has expired, so that the key can be claimed afresh."""
-        deleted, _count = self.filter(pk=record.pk, expires_at__lte=timezone.now()).delete()
+        deleted, _count = self.filter(expired_at(timezone.now()), pk=record.pk).delete()
         return bool(deleted)
 
     def take_over(self, record: IdempotencyRecord, lease: timedelta) -> IdempotencyRecord | None:
@@ -233,7 +247,7 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         return bool(updated)
 
     def expired(self, now: datetime | None = None) -> IdempotencyRecordQuerySet:
-        expired: IdempotencyRecordQuerySet = self.filter(expires_at__lte=now or timezone.now())
+        expired: IdempotencyRecordQuerySet = self.filter(expired_at(now or timezone.now()))
         return expired
 
     def stuck(self, now: datetime | None = None) -> IdempotencyRecordQuerySet:
@@ -248,14 +262,9 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
     def purgeable_expired(
         self, now: datetime, older_than: timedelta = timedelta(0)
     ) -> IdempotencyRecordQuerySet:
-        """Records that expired at least ``older_than`` ago and hold no live lease.
-
-        An IN_PROGRESS record whose lease is still running is never purgeable, even
-        past its ``expires_at`` (a view guarded with a ``ttl`` shorter than its lease):
-        its attempt may still commit.
-        """
-        return self.filter(expires_at__lte=now - older_than).exclude(  # type: ignore[no-any-return]
-            status=Status.IN_PROGRESS, locked_until__gt=now
+        """Records that expired at least ``older_than`` ago and hold no live lease now."""
+        return self.filter(  # type: ignore[no-any-return]
+            Q(expires_at__lte=now - older_than) & ~live_lease(now)
         )
 
     def purgeable_abandoned(
@@ -433,7 +442,10 @@ class IdempotencyRecord(models.Model):
         return f"{self.key} ({self.scope})"
 
     def is_expired(self, now: datetime | None = None) -> bool:
-        return self.expires_at <= (now or timezone.now())
+        """``expired_at`` in Python: past ``expires_at`` and no live lease."""
+        now = now or timezone.now()
+        live = self.status == Status.IN_PROGRESS and self.lease_is_live(now)
+        return self.expires_at <= now and not live
 
     def lease_is_live(self, now: datetime | None = None) -> bool:
         return self.locked_until is not None and self.locked_until > (now or timezone.now())

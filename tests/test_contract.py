@@ -429,14 +429,28 @@ def test_expired_record_with_another_fingerprint_is_no_mismatch(post) -> None:
     assert post("/orders/", {}, key="k1").status_code == 201
 
 
-def test_expired_in_progress_record_counts_as_absent(post) -> None:
+def test_expired_in_progress_record_with_ended_lease_counts_as_absent(post) -> None:
+    old = IdempotencyRecordFactory(
+        key="k1",
+        fingerprint=request_fingerprint(data={}),
+        expires_at=timezone.now() - timedelta(seconds=2),
+        locked_until=timezone.now() - timedelta(seconds=1),
+    )
+    assert post("/orders/", {}, key="k1").status_code == 201
+    assert IdempotencyRecord.objects.get().pk != old.pk
+
+
+def test_expired_in_progress_record_with_live_lease_is_still_in_progress(post) -> None:
+    """A ``ttl`` shorter than the lease must never free a key whose attempt still runs."""
     old = IdempotencyRecordFactory(
         key="k1",
         fingerprint=request_fingerprint(data={}),
         expires_at=timezone.now() - timedelta(seconds=1),
     )
-    assert post("/orders/", {}, key="k1").status_code == 201
-    assert IdempotencyRecord.objects.get().pk != old.pk
+    response = post("/orders/", {}, key="k1")
+    assert response.status_code == 409
+    assert IdempotencyRecord.objects.get().pk == old.pk
+    assert not Order.objects.exists()
 
 
 def test_default_ttl(post) -> None:
