@@ -51,7 +51,9 @@ def idempotent(
 
     Usable bare (``@idempotent``) or with arguments. The view is opted out of
     ``ATOMIC_REQUESTS`` on the records' database: the guard opens the transaction
-    itself, and the claim must commit before the view starts.
+    itself, and the claim must commit before the view starts. On a DRF view (above
+    ``@api_view``) it guards from inside DRF, after authentication, like
+    ``IdempotentMixin``; below ``@api_view`` it gets DRF's authenticated request anyway.
     """
     guard = Guard(
         required=required,
@@ -66,6 +68,10 @@ def idempotent(
     )
 
     def decorate(view: V) -> V:
+        if isinstance(getattr(view, "cls", None), type) and hasattr(view, "initkwargs"):
+            from django_idempotency.drf import guard_drf_view  # only DRF views get here
+
+            return guard_drf_view(view, guard)  # type: ignore[no-any-return]
         if iscoroutinefunction(view):
 
             @functools.wraps(view)
@@ -82,6 +88,12 @@ def idempotent(
             def sync_wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
                 if not guard.applies(request):
                     return passthrough(request, lambda: view(request, *args, **kwargs))
+                if getattr(request, "_request", None) is not None:  # below @api_view
+                    from django_idempotency.drf import finalized
+
+                    return guard.run(
+                        request, lambda: finalized(request, view(request, *args, **kwargs))
+                    )
                 return guard.run(request, lambda: view(request, *args, **kwargs))
 
             wrapper = sync_wrapper

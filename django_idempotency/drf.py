@@ -39,6 +39,24 @@ class IdempotentMixin(_Base):  # type: ignore[misc]
     idempotency_single_transaction: bool = False
     idempotency_ttl: timedelta | None = None
     idempotency_lease: timedelta | None = None
+    #: Set by ``@idempotent`` above ``@api_view``: that decorator's guard, used as it is.
+    _decorator_guard: Guard | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse contradictory attributes where the view is defined, not per request."""
+        super().__init_subclass__(**kwargs)
+        cls._class_guard()
+
+    @classmethod
+    def _class_guard(cls) -> Guard:
+        """The guard the class attributes describe (the system checks read it)."""
+        return cls._decorator_guard or Guard(
+            required=cls.idempotency_required,
+            atomic=cls.idempotency_atomic,
+            single_transaction=cls.idempotency_single_transaction,
+            ttl=cls.idempotency_ttl,
+            lease=cls.idempotency_lease,
+        )
 
     @classmethod
     def as_view(cls, *args: Any, **initkwargs: Any) -> Callable[..., HttpResponseBase]:
@@ -57,6 +75,8 @@ class IdempotentMixin(_Base):  # type: ignore[misc]
             setattr(self, name, self._unguarded(handler))
 
     def is_idempotent_request(self, request: Request) -> bool:
+        if self._decorator_guard is not None:
+            return self._decorator_guard.applies(request)
         if request.method not in conf.METHODS:
             return False
         if self.idempotent_actions is None:
@@ -76,6 +96,8 @@ class IdempotentMixin(_Base):  # type: ignore[misc]
         return keys.fingerprint(request)
 
     def get_idempotency_guard(self) -> Guard:
+        if self._decorator_guard is not None:
+            return self._decorator_guard
         return Guard(
             required=self.idempotency_required,
             atomic=self.idempotency_atomic,
@@ -110,6 +132,46 @@ class IdempotentMixin(_Base):  # type: ignore[misc]
             return response
 
         return guarded
+
+
+def finalized(request: Request, response: HttpResponseBase) -> HttpResponseBase:
+    """The response as DRF will send it, for a guard below ``@api_view``.
+
+    The guard stores the bytes before DRF's own ``finalize_response`` runs, so it must
+    pick the renderer DRF negotiated first; DRF's later call changes nothing.
+    """
+    view = (getattr(request, "parser_context", None) or {}).get("view")
+    if view is None or getattr(response, "accepted_renderer", None) is not None:
+        return response
+    final: HttpResponseBase = view.finalize_response(request, response, *view.args, **view.kwargs)
+    return final
+
+
+def guard_drf_view(view: Any, guard: Guard) -> Any:
+    """``@idempotent`` on a DRF view (above ``@api_view``): guard it from inside DRF.
+
+    Outside, the guard would see the plain Django request before DRF authenticates it,
+    so every token user would share the ``anonymous`` scope and get each other's
+    replays. The view's class is remade with ``IdempotentMixin`` and this guard, so it
+    runs after ``initial()`` like every mixin view, and carries the mixin's opt-out of
+    ``ATOMIC_REQUESTS``.
+    """
+    original = view.cls
+    guarded: Any = type(
+        original.__name__,
+        (IdempotentMixin, original),
+        {
+            "_decorator_guard": guard,
+            "__module__": original.__module__,
+            "__qualname__": original.__qualname__,
+            "__doc__": original.__doc__,
+        },
+    )
+    actions = getattr(view, "actions", None)
+    args = (actions,) if actions is not None else ()
+    callback = guarded.as_view(*args, **view.initkwargs)
+    callback.idempotency_guard = guard
+    return callback
 
 
 class ConditionalUpdateMixin(_Base):  # type: ignore[misc]

@@ -24,7 +24,12 @@ from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
 
 from django_idempotency import signals
-from django_idempotency.errors import STORE_ERRORS, is_lock_conflict
+from django_idempotency.errors import (
+    STORE_ERRORS,
+    inside_transaction,
+    is_lock_conflict,
+    marked_for_rollback,
+)
 from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet, Status
 
 logger = logging.getLogger("django_idempotency")
@@ -135,20 +140,22 @@ class Unguarded:
     """``request.idempotency`` for a request the guard let through (no key, safe method).
 
     It has the operation's interface so a view written for ``atomic=False`` still runs,
-    but nothing is remembered: ``derived_key`` is unique to this one request.
+    but nothing is remembered: there is no operation id (the status endpoint knows of
+    nothing to show), and ``derived_key`` is unique to this one request.
     """
 
     guarded = False
+    id = None
     key = None
     scope = ""
     attempt = 1
     recovery_point = ""
 
     def __init__(self) -> None:
-        self.id = uuid.uuid4()
+        self._request_id = uuid.uuid4()
 
     def derived_key(self, name: str) -> str:
-        return f"{self.id}:{name}"
+        return f"{self._request_id}:{name}"
 
     def checkpoint(self, name: str) -> None:
         self.recovery_point = name
@@ -206,7 +213,12 @@ def execute(
     capture: Callable[[R], Stored | None],
 ) -> Outcome[R]:
     records = IdempotencyRecord.objects.using(records_database())
-    if policy.mode is Mode.SINGLE_TRANSACTION:
+    if policy.mode is Mode.SINGLE_TRANSACTION or (
+        policy.mode is Mode.TWO_PHASE and inside_transaction(connections[records.db])
+    ):
+        # Inside a transaction the claim cannot commit first: claim, work and "done"
+        # commit with that transaction instead, which keeps the work's writes and the
+        # record together as two-phase does.
         return _single_transaction(records, intent, policy, work, capture)
     try:
         claimed = _claim_committed(records, intent, policy)
@@ -249,11 +261,21 @@ def _claim_committed(
 
     In autocommit every statement commits by itself. Inside a transaction (a test
     case, or a view that forgot to opt out of ATOMIC_REQUESTS) ``durable=True``
-    refuses to run nested instead of silently claiming inside someone's transaction.
-    With autocommit turned off and no atomic block, nothing would commit the claim
-    (nor, later, the work): refuse that too.
+    refuses to run nested instead of silently claiming inside someone's transaction:
+    only ``atomic=False`` gets here inside one (two-phase runs as single-transaction
+    there), and its checkpoints would outlive the writes they describe. System check
+    E014 finds the URLs wired that way at start-up. With autocommit turned off and no
+    atomic block, nothing would commit the claim (nor, later, the work): refuse that too.
     """
     connection = connections[records.db]
+    if inside_transaction(connection):
+        raise RuntimeError(
+            f"An atomic=False guard runs inside a transaction on database {records.db!r} "
+            "(ATOMIC_REQUESTS, or an atomic block around the view): its claim and "
+            "checkpoints must commit before the work acts outside the database. Opt the "
+            "view out with transaction.non_atomic_requests, or put @idempotent above "
+            "@api_view / decorate dispatch; see system check django_idempotency.E014."
+        )
     if not connection.in_atomic_block:
         if not connection.get_autocommit():
             raise RuntimeError(
@@ -345,7 +367,7 @@ def _run_in_transaction(
                 raise LeaseLost
             stage = "work"
             value = work(Operation(record, records))
-            stored = capture(value)
+            stored = _storable(records, value, capture)
             stage = "finalize"
             if stored is None:
                 transaction.set_rollback(True, using=records.db)
@@ -440,7 +462,7 @@ def _single_transaction(
                 return claimed  # type: ignore[no-any-return]
             stage = "work"
             value = work(Operation(claimed, records))
-            stored = capture(value)
+            stored = _storable(records, value, capture)
             stage = "finalize"
             if stored is None:
                 transaction.set_rollback(True, using=records.db)
@@ -459,6 +481,21 @@ def _single_transaction(
         return Executed(value, None)
     _send(signals.operation_completed, claimed, intent)
     return Executed(value, claimed)
+
+
+def _storable(
+    records: IdempotencyRecordQuerySet, value: R, capture: Callable[[R], Stored | None]
+) -> Stored | None:
+    """What to finalize the work's transaction with; ``None``: roll it back, store nothing.
+
+    Work that caught a database error itself (an ``IntegrityError`` it answers with a
+    409) or called ``set_rollback(True)`` doomed the transaction: its answer goes to
+    the client, and nothing of the attempt, the record included, may commit.
+    """
+    stored = capture(value)
+    if stored is not None and marked_for_rollback(connections[records.db]):
+        return None
+    return stored
 
 
 def _belongs_to_work(exc: Exception, stage: str) -> bool:
@@ -572,7 +609,7 @@ class Block:
         finalized = False
         if exc is None and record is not None:
             try:
-                if self.stored is None:
+                if self.stored is None or marked_for_rollback(connections[self._records.db]):
                     transaction.set_rollback(True, using=self._records.db)
                 elif _finalize(self._records, record, self.stored, self.policy):
                     finalized = True

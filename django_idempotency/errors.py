@@ -1,11 +1,14 @@
-"""Which database errors mean "someone else holds the lock" on each backend.
+"""What a database connection's errors and transaction state mean to the engine.
 
-Those are answered with 409 and ``Retry-After``: the transaction was rolled back and
-the same request can simply be sent again. Any other error on the idempotency table
-means the store is unusable and is answered with 503.
+Lock conflicts are answered with 409 and ``Retry-After``: the transaction was rolled
+back and the same request can simply be sent again. Any other error on the idempotency
+table means the store is unusable and is answered with 503. A transaction the work
+itself doomed, or one the guard finds already open, is neither: see below.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from django.db import DatabaseError, InterfaceError
 
@@ -32,3 +35,39 @@ def is_lock_conflict(exc: BaseException) -> bool:
         return args[0] in MYSQL_LOCK_CODES
     message = str(cause).lower()
     return any(text in message for text in SQLITE_LOCK_MESSAGES)
+
+
+# libpq's PQTRANS_INERROR: psycopg 3's TransactionStatus.INERROR, psycopg2's
+# TRANSACTION_STATUS_INERROR.
+POSTGRES_IN_ERROR = 3
+
+
+def marked_for_rollback(connection: Any) -> bool:
+    """Whether the open transaction can no longer commit, whatever the work answered.
+
+    Django marks it when the work caught a database error inside the atomic block (an
+    ``IntegrityError`` it turned into a 409) or called ``set_rollback(True)``;
+    PostgreSQL aborts it when the work caught the error of a raw cursor. Read from the
+    connection's own state: no round trip.
+    """
+    if connection.needs_rollback:
+        return True
+    raw = getattr(connection, "connection", None)
+    if connection.vendor != "postgresql" or raw is None:
+        return False
+    info = getattr(raw, "info", None)
+    status = info.transaction_status if info is not None else raw.get_transaction_status()
+    return int(status) == POSTGRES_IN_ERROR
+
+
+def inside_transaction(connection: Any) -> bool:
+    """Whether the connection is inside a transaction that a claim must not commit past.
+
+    That is ``ATOMIC_REQUESTS`` where the view's opt-out could not reach the URL's
+    callback (``method_decorator`` on a handler, ``@api_view`` above ``@idempotent``),
+    or the project's own ``atomic`` block. A test case's transaction does not count:
+    Django lets durable blocks run inside it, as they would in production.
+    """
+    return bool(connection.in_atomic_block) and not all(
+        getattr(block, "_from_testcase", False) for block in connection.atomic_blocks
+    )

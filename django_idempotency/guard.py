@@ -17,7 +17,7 @@ from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
 from django.db import connections, transaction
 from django.http import HttpResponseBase
 
-from django_idempotency import engine, keys, responses
+from django_idempotency import checks, engine, keys, responses
 from django_idempotency.conf import conf
 
 KeyFunction = Callable[[Any], "str | None"]
@@ -44,6 +44,9 @@ class Guard:
                 "single_transaction=True runs the view inside the claim's transaction; "
                 "it cannot be combined with atomic=False."
             )
+        problem = checks.view_duration_problem(ttl=ttl, lease=lease)
+        if problem is not None:
+            raise ImproperlyConfigured(problem)
         self.required = required
         self.mode = (
             engine.Mode.SINGLE_TRANSACTION
@@ -175,7 +178,12 @@ def passthrough(request: Any, view: Callable[[], T]) -> T:
     """
     request.idempotency = engine.Unguarded()
     alias = engine.records_database()
-    if not connections[alias].settings_dict.get("ATOMIC_REQUESTS") or _opted_out(request, alias):
+    connection = connections[alias]
+    if (
+        not connection.settings_dict.get("ATOMIC_REQUESTS")
+        or connection.in_atomic_block  # the opt-out did not reach Django's handler
+        or _opted_out(request, alias)
+    ):
         return view()
     with transaction.atomic(using=alias):
         return view()
