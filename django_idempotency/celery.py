@@ -26,9 +26,16 @@ the body directly, unless ``key=`` gives them an intent.
 
 A duplicate delivered while the first still runs waits for it on the record's unique
 index (bounded by ``IDEMPOTENCY["WAIT"]``, or ``LEASE`` when that is 0) and then
-replays; a lock timeout or an unreachable idempotency table retries the task
-(``self.retry``, the task's ``max_retries``) instead of acknowledging it. The same key
-with other arguments raises ``django_idempotency.once.KeyReused`` and fails the task.
+replays. When that wait times out, the duplicate is re-sent to wait again, for as long
+as the running attempt's lease may last (plus ``GRACE``), and then returns the stored
+result: these waits do not count against ``max_retries``, which stays the budget for
+failures. Past the lease and the grace, a duplicate still refused retries on that
+budget; a dead lease is taken over and the body runs again (crash recovery). An
+unreachable idempotency table retries the task (``self.retry``, the task's
+``max_retries``) instead of acknowledging it. The same key with other arguments raises
+``django_idempotency.once.KeyReused`` and fails the task, and a key the record cannot
+hold raises ``keys.InvalidKey`` (a ``ValueError``): neither is retried, not even by
+``autoretry_for``.
 
 Options other than ``key``, ``scope``, ``ttl``, ``lease`` and ``app`` go to Celery's
 ``task()`` decorator; ``acks_late`` and ``reject_on_worker_lost`` default to ``True``.
@@ -38,15 +45,23 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from celery import shared_task  # type: ignore[import-untyped]
+from celery.exceptions import Reject, Retry  # type: ignore[import-untyped]
 
-from django_idempotency.once import Busy, Once, Unavailable
+from django_idempotency.conf import conf
+from django_idempotency.keys import InvalidKey
+from django_idempotency.once import Busy, KeyReused, Once, Unavailable
 
 F = TypeVar("F", bound=Callable[..., Any])
+WAIT_HEADER = "idempotency_wait_until"
+MAX_COUNTDOWN = 10.0
+GRACE = timedelta(seconds=30)
+UNAVAILABLE_COUNTDOWN = 5
 
 
 def idempotent_task(
@@ -66,6 +81,11 @@ def idempotent_task(
     """
     options.setdefault("acks_late", True)
     options.setdefault("reject_on_worker_lost", True)
+    options["dont_autoretry_for"] = (
+        *options.get("dont_autoretry_for", ()),
+        InvalidKey,
+        KeyReused,
+    )
     bind = bool(options.pop("bind", False))
 
     def decorate(function: Callable[..., Any]) -> Any:
@@ -86,9 +106,9 @@ def idempotent_task(
                     if once.first:
                         once.result = call(*args, **kwargs)
             except Busy as exc:
-                raise task.retry(exc=exc, countdown=exc.retry_after) from exc
+                raise _retry_busy(task, exc, lease or conf.LEASE) from exc
             except Unavailable as exc:
-                raise task.retry(exc=exc, countdown=5) from exc
+                raise task.retry(exc=exc, countdown=UNAVAILABLE_COUNTDOWN) from exc
             return once.result
 
         run.__signature__ = _bound_signature(function, bind)  # type: ignore[attr-defined]
@@ -98,6 +118,63 @@ def idempotent_task(
     if function is not None:
         return decorate(function)
     return decorate
+
+
+def _retry_busy(task: Any, busy: Busy, lease: timedelta) -> Exception:
+    """Re-send a duplicate to wait for the running attempt, or retry it on the budget.
+
+    A wait is re-sent like ``task.retry`` but keeps ``request.retries``, so it spends
+    none of ``max_retries`` (nor the share of the task's own ``self.retry`` calls).
+    Eager calls (``apply``, ``task_always_eager``) retry at once, without a countdown,
+    so waiting means nothing there: every retry counts, as it always did.
+    """
+    request = task.request
+    headers = dict(request.headers or {})
+    earlier = headers.get(WAIT_HEADER, getattr(request, WAIT_HEADER, None))
+    waiting = plan_wait(busy, earlier, lease, now=time.time())
+    if request.is_eager or waiting is None:
+        retried: Exception = task.retry(exc=busy, countdown=wait_countdown(busy, request.retries))
+        return retried
+    countdown, headers[WAIT_HEADER] = waiting
+    again = task.signature_from_request(
+        request, countdown=countdown, retries=request.retries, headers=headers
+    )
+    try:
+        again.apply_async()
+    except Exception as error:  # as task.retry does when it cannot re-send
+        raise Reject(error, requeue=False) from error
+    return Retry(exc=busy, when=countdown, sig=again)  # type: ignore[no-any-return]
+
+
+def plan_wait(
+    busy: Busy, earlier: object, lease: timedelta, *, now: float
+) -> tuple[float, dict[str, float]] | None:
+    """The countdown and wait state of one more wait, or ``None`` once waiting is over.
+
+    ``earlier`` is the state the previous wait sent along. The running attempt's lease
+    ends when its committed record says (``in_progress``: ``retry_after``); an attempt
+    still inside its transaction is invisible, but it claimed before this duplicate was
+    first refused, so its lease ends at most one ``lease`` after that. Waiting is over
+    ``GRACE`` after the lease's end.
+    """
+    state = earlier if isinstance(earlier, dict) else {}
+    waits = int(state.get("waits", 0))
+    if busy.reason == "in_progress":
+        until = now + busy.retry_after
+    else:
+        until = float(state.get("until", now + lease.total_seconds()))
+    if now > until + GRACE.total_seconds():
+        return None
+    return wait_countdown(busy, waits), {"until": until, "waits": waits + 1}
+
+
+def wait_countdown(busy: Busy, attempt: int) -> float:
+    """``retry_after``, at least a doubling back-off (1, 2, 4 s...), at most ``MAX_COUNTDOWN``.
+
+    The cap bounds how late a duplicate learns that the original finished; the next
+    claim itself blocks until the original's transaction ends, so this is no busy poll.
+    """
+    return float(min(max(busy.retry_after, 2 ** min(attempt, 8)), MAX_COUNTDOWN))
 
 
 def _arguments(

@@ -8,29 +8,114 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from collections.abc import Callable
+from io import BytesIO
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.core.files.uploadhandler import load_handler
+from django.db import models
+from django.http import QueryDict
+from django.http.multipartparser import MultiPartParser
+from django.http.request import RawPostDataException
+from django.utils.datastructures import MultiValueDict
 
 from django_idempotency.conf import conf
 
-MAX_KEY_LENGTH = 255
-MAX_SCOPE_LENGTH = 255
 FORM_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+_PARSED_FORM = "_idempotency_form"
 
 
 class InvalidKey(ValueError):
     """The client sent a key we cannot accept; the message says why."""
 
 
+def column_length(name: str) -> int:
+    """The record column's ``max_length``: the model is the one place that states it."""
+    from django_idempotency.models import IdempotencyRecord
+
+    field = IdempotencyRecord._meta.get_field(name)
+    assert isinstance(field, models.CharField) and field.max_length is not None
+    return field.max_length
+
+
+def __getattr__(name: str) -> int:
+    # MAX_KEY_LENGTH and MAX_SCOPE_LENGTH, read from the model when asked for.
+    if name in {"MAX_KEY_LENGTH", "MAX_SCOPE_LENGTH"}:
+        return column_length(name[len("MAX_") : -len("_LENGTH")].lower())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def fit_key(key: str) -> str:
+    """``key`` unchanged if the record's key column holds it as it is; else ``InvalidKey``.
+
+    The one home of the column's rules, for header keys and workers' keys alike:
+    1 to ``max_length`` characters; no control characters (PostgreSQL cannot store
+    NUL, and the others are never part of an id); no white space at either end (a
+    ``PAD SPACE`` collation compares ``"a "`` equal to ``"a"``, and a copied id with a
+    stray newline is a bug, not another intent); encodable as UTF-8 (a lone surrogate
+    fails in the database driver, which would look like an outage).
+    """
+    limit = column_length("key")
+    if not key:
+        raise InvalidKey("The key is empty.")
+    if len(key) > limit:
+        raise InvalidKey(f"The key is longer than {limit} characters.")
+    if any(unicodedata.category(char) == "Cc" for char in key):
+        raise InvalidKey("The key must not contain control characters (NUL, tab, newline, DEL).")
+    if key[0].isspace() or key[-1].isspace():
+        raise InvalidKey("The key must not begin or end with white space.")
+    if not _encodable(key):
+        raise InvalidKey("The key is not valid Unicode (it holds a lone surrogate).")
+    return key
+
+
+def fit_scope(value: str) -> str:
+    """``value``, or its SHA-256 when the scope column could not hold it as it is.
+
+    A scope is not the client's to choose, so an unfit one is hashed rather than
+    refused: too long, ending in a space (a ``PAD SPACE`` collation would compare
+    ``"acme "`` equal to ``"acme"``), holding a NUL (PostgreSQL text cannot store it)
+    or not encodable as UTF-8.
+    """
+    if (
+        len(value) > column_length("scope")
+        or value.endswith(" ")
+        or "\x00" in value
+        or not _encodable(value)
+    ):
+        value = "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return value
+
+
+def fit_fingerprint(value: str) -> str:
+    """``value``, or its SHA-256 when longer than the column: a fingerprint is opaque.
+
+    Never cut: MySQL's ``INSERT IGNORE`` (the claim) would store a too-long value
+    truncated, and a retry would then never match its own record.
+    """
+    if len(value) > column_length("fingerprint"):
+        value = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_key(raw: str | None) -> str | None:
     """Parse a header value as an RFC 9651 String, also accepting a bare token.
 
     Returns ``None`` when no header was sent. Raises ``InvalidKey`` for anything that
-    is not exactly one string of 1-255 printable ASCII characters: empty values,
-    lists (several header lines arrive joined by commas), parameters, control or
-    non-ASCII characters.
+    is not exactly one string of printable ASCII characters that fits the column
+    (``fit_key``): empty values, lists (several header lines arrive joined by
+    commas), parameters, control or non-ASCII characters.
     """
     if raw is None:
         return None
@@ -47,25 +132,26 @@ def parse_key(raw: str | None) -> str | None:
         if any(not ("\x21" <= char <= "\x7e") for char in value):
             raise InvalidKey("The key may contain printable ASCII characters only.")
         key = value
-    if not key:
-        raise InvalidKey("The key is empty.")
-    if len(key) > MAX_KEY_LENGTH:
-        raise InvalidKey(f"The key is longer than {MAX_KEY_LENGTH} characters.")
-    return key
+    return fit_key(key)
 
 
 def sent_key(request: Any) -> str | None:
-    """The raw key: the header, else the hidden field of an HTML form (double submits)."""
+    """The raw key: the header, else the hidden field of an HTML form (double submits).
+
+    The form is read as ``parsed_form`` parses it, so a PUT or PATCH form carries its key
+    like a POST form does.
+    """
     raw = request.META.get(conf.header_meta_key)
     if raw is not None:
         return str(raw)
-    content_type = (getattr(request, "content_type", "") or "").lower()
-    if content_type in FORM_CONTENT_TYPES:
-        values = request.POST.getlist(conf.FORM_FIELD)
-        if len(values) > 1:
-            return ", ".join(values)  # rejected as a list
-        if values:
-            return str(values[0])
+    parsed = parsed_form(request)
+    if parsed is None:
+        return None
+    values = parsed[0].getlist(conf.FORM_FIELD)
+    if len(values) > 1:
+        return ", ".join(values)  # rejected as a list
+    if values:
+        return str(values[0])
     return None
 
 
@@ -97,15 +183,8 @@ def _parse_sf_string(value: str) -> str:
 
 
 def compute_scope(request: Any, scope: Callable[[Any], str] | None = None) -> str:
-    """The configured scope function's answer, hashed when too long for the column.
-
-    Also hashed when it ends in a space (a ``PAD SPACE`` collation would compare
-    ``"acme "`` equal to ``"acme"``) or holds a NUL (PostgreSQL text cannot store it).
-    """
-    value = str((scope or conf.SCOPE)(request))
-    if len(value) > MAX_SCOPE_LENGTH or value.endswith(" ") or "\x00" in value:
-        value = "sha256:" + hashlib.sha256(value.encode()).hexdigest()
-    return value
+    """The configured scope function's answer, fitted to the column by ``fit_scope``."""
+    return fit_scope(str((scope or conf.SCOPE)(request)))
 
 
 def route_of(request: Any) -> str:
@@ -135,10 +214,24 @@ def digest(material: Any) -> str:
 
 
 def canonical_body(request: Any) -> Any:
+    """The body as the view will see it, the same for every method.
+
+    Django parses forms into ``request.POST`` for POST only; ``parsed_form`` parses a
+    PUT, PATCH or DELETE form the same way, so its fields and files count there too.
+    """
     django_request = getattr(request, "_request", request)  # DRF wraps the HttpRequest
-    content_type = (getattr(django_request, "content_type", "") or "").lower()
-    if content_type == "multipart/form-data":
-        return _multipart(django_request)
+    content_type = _content_type(django_request)
+    if content_type in FORM_CONTENT_TYPES:
+        try:
+            parsed = parsed_form(request)
+        except ValueError:
+            parsed = None  # not a form after all: compare bytes
+        if parsed is not None:
+            fields, files = parsed
+            material: dict[str, Any] = {"form": sorted(fields.lists())}
+            if content_type == "multipart/form-data":
+                material["files"] = _file_digests(files)
+            return material
     body = _raw_body(request)
     if content_type == "application/json" or content_type.endswith("+json"):
         try:
@@ -147,12 +240,51 @@ def canonical_body(request: Any) -> Any:
             pass  # not JSON after all, or nested too deep to re-serialise: compare bytes
         else:
             return {"json": hashlib.sha256(canonical.encode()).hexdigest()}
-    elif content_type == "application/x-www-form-urlencoded":
-        try:
-            return {"form": sorted(django_request.POST.lists())}
-        except (ValueError, RequestDataTooBig):
-            pass
     return {"bytes": hashlib.sha256(body).hexdigest()}
+
+
+def parsed_form(request: Any) -> tuple[QueryDict, MultiValueDict[str, Any]] | None:
+    """A form request's fields and files, for any method; ``None`` for other bodies.
+
+    A POST form is Django's own ``request.POST`` and ``request.FILES``. Any other
+    method's form is parsed from ``request.body`` (a copy in memory), so the view can
+    still read the body or the stream afterwards; the parse is kept on the request
+    so the key and the fingerprint share it.
+    """
+    django_request = getattr(request, "_request", request)  # DRF wraps the HttpRequest
+    content_type = _content_type(django_request)
+    if content_type not in FORM_CONTENT_TYPES:
+        return None
+    if django_request.method == "POST":
+        return django_request.POST, django_request.FILES
+    parsed: tuple[QueryDict, MultiValueDict[str, Any]] | None = getattr(
+        django_request, _PARSED_FORM, None
+    )
+    if parsed is None:
+        parsed = _parse_form(request, django_request, content_type)
+        setattr(django_request, _PARSED_FORM, parsed)
+    return parsed
+
+
+def _parse_form(
+    request: Any, django_request: Any, content_type: str
+) -> tuple[QueryDict, MultiValueDict[str, Any]]:
+    try:
+        body = bytes(django_request.body)
+    except RawPostDataException:
+        # A DRF parser already read the stream; its parse is what the view sees.
+        return request.POST, request.FILES
+    if content_type == "application/x-www-form-urlencoded":
+        # As Django parses a POST form: always UTF-8 (RFC 1866).
+        return QueryDict(body, encoding="utf-8"), MultiValueDict()
+    meta = {**django_request.META, "CONTENT_LENGTH": str(len(body))}
+    handlers = [load_handler(path, django_request) for path in settings.FILE_UPLOAD_HANDLERS]
+    fields, files = MultiPartParser(meta, BytesIO(body), handlers, django_request.encoding).parse()
+    return fields, files
+
+
+def _content_type(django_request: Any) -> str:
+    return (getattr(django_request, "content_type", "") or "").lower()
 
 
 def _raw_body(request: Any) -> bytes:
@@ -166,17 +298,16 @@ def _raw_body(request: Any) -> bytes:
         return json.dumps(_plain(data), sort_keys=True, default=str).encode()
 
 
-def _multipart(request: Any) -> Any:
-    fields = sorted(request.POST.lists())
-    files = []
-    for name, uploads in sorted(request.FILES.lists()):
+def _file_digests(files: MultiValueDict[str, Any]) -> list[list[str]]:
+    digests = []
+    for name, uploads in sorted(files.lists()):
         for upload in uploads:
             sha = hashlib.sha256()
             for chunk in upload.chunks():
                 sha.update(chunk)
             upload.seek(0)
-            files.append([name, upload.name, sha.hexdigest()])
-    return {"form": fields, "files": files}
+            digests.append([name, upload.name, sha.hexdigest()])
+    return digests
 
 
 def _plain(data: Any) -> Any:

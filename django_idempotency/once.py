@@ -45,13 +45,15 @@ downstream system deduplicates it, or move it to an outbox row written in the bl
 
 ``KeyReused`` means the key came back with another ``payload`` (a bug upstream; do
 not retry). ``Busy`` and ``Unavailable`` are transient: retry the message later
-(``Busy.retry_after`` seconds), never acknowledge it.
+(``Busy.retry_after`` seconds), never acknowledge it. A key the record cannot hold as
+it is (empty, too long, control characters, white space at either end) raises
+``keys.InvalidKey``, a ``ValueError``, before anything touches the database: it is
+not transient either, so dead-letter the message.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,10 +61,9 @@ from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from django_idempotency.conf import conf
-from django_idempotency.keys import digest
+from django_idempotency.keys import InvalidKey, digest, fit_key, fit_scope
 
 F = TypeVar("F", bound=Callable[..., Any])
-MAX_LENGTH = 255
 _NO_PAYLOAD = object()
 
 
@@ -78,12 +79,16 @@ class Busy(OnceError):
     """Another delivery of the same message holds the key, or a lock wait timed out.
 
     Nothing ran and nothing was committed: retry the message after ``retry_after``
-    seconds (nack / do not delete it).
+    seconds (nack / do not delete it). ``reason`` is ``"in_progress"`` when a committed
+    attempt holds a live lease (``retry_after`` is then the time left on it), and
+    ``"lock"`` or ``"contended"`` when the claim gave up waiting on another delivery's
+    open transaction.
     """
 
-    def __init__(self, message: str, retry_after: int = 1) -> None:
+    def __init__(self, message: str, retry_after: int = 1, reason: str = "lock") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.reason = reason
 
 
 class Unavailable(OnceError):
@@ -121,8 +126,8 @@ class Once:
         ttl: timedelta | None = None,
         lease: timedelta | None = None,
     ) -> None:
-        self.key = _bounded("key", key)
-        self.scope = _bounded("scope", scope)
+        self.key = _fitted_key(key)
+        self.scope = _fitted_scope(scope)
         self.payload = payload
         self.ttl = ttl
         self.lease = lease
@@ -167,11 +172,13 @@ class Once:
             raise Busy(
                 f"Key {self.key!r} in scope {self.scope!r} is being processed.",
                 outcome.retry_after,
+                reason="in_progress",
             )
         if isinstance(outcome, engine.Busy):
             raise Busy(
                 f"Key {self.key!r} in scope {self.scope!r}: {outcome.reason}; nothing ran.",
                 outcome.retry_after,
+                reason=outcome.reason,
             )
         assert isinstance(outcome, engine.Unavailable)
         raise Unavailable("The idempotency store is unavailable.") from outcome.error
@@ -286,16 +293,29 @@ def _decorator(
     return decorate
 
 
-def _bounded(name: str, value: object) -> str:
-    """``str(value)``; hashed when longer than the column, refused when empty."""
+def _fitted_key(value: object) -> str:
+    """``str(value)`` if the key column holds it as it is (``keys.fit_key``).
+
+    Refused, never hashed or trimmed: a key the store cannot hold is a bug in the
+    caller, and retrying the message would not make it fit.
+    """
     if value is None:
-        raise ValueError(f"once: the {name} is None.")
+        raise InvalidKey("once: the key is None.")
+    try:
+        return fit_key(str(value))
+    except InvalidKey as error:
+        reason = str(error)
+        raise InvalidKey(f"once: {reason[:1].lower()}{reason[1:]}") from None
+
+
+def _fitted_scope(value: object) -> str:
+    """The scope as the HTTP path fits a scope (``keys.fit_scope``); refused when empty."""
+    if value is None:
+        raise InvalidKey("once: the scope is None.")
     text = str(value)
     if not text:
-        raise ValueError(f"once: the {name} is empty.")
-    if len(text) > MAX_LENGTH:
-        text = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-    return text
+        raise InvalidKey("once: the scope is empty.")
+    return fit_scope(text)
 
 
 def _fingerprint(payload: Any) -> str:

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -27,15 +28,24 @@ from urllib.parse import quote, urlsplit
 import pytest
 from django.db import OperationalError, connection
 
+from django_idempotency.keys import InvalidKey
 from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet, Status
-from django_idempotency.once import KeyReused
+from django_idempotency.once import Busy, KeyReused
 from tests.factories import IdempotencyRecordFactory
 from tests.testapp.models import Order
 
 celery = pytest.importorskip("celery", reason="celery is not installed")
 
+from django_idempotency.celery import (  # noqa: E402
+    GRACE,
+    MAX_COUNTDOWN,
+    idempotent_task,
+    plan_wait,
+    wait_countdown,
+)
 from tests.celery_app.app import app  # noqa: E402
 from tests.celery_app.tasks import bound, pay_invoice, place_order  # noqa: E402
+from tests.celery_wait_app import slow_order  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKER = os.environ.get("IDEM_CELERY_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
@@ -125,6 +135,99 @@ class TestEager:
         assert not Order.objects.exists()
 
 
+@idempotent_task(app=app, key=lambda message: message["id"], autoretry_for=(Exception,))
+def autoretried(message: dict[str, Any]) -> dict[str, Any]:
+    Order.objects.create(reference=str(message["id"]))
+    return {"id": message["id"]}
+
+
+@pytest.mark.django_db
+class TestUnfitKeys:
+    """A key the record cannot hold fails the task at once: retrying never makes it fit."""
+
+    @pytest.mark.parametrize("key", ["msg\x00:1", "msg:1 ", "", "k" * 256, "a\x7fb"])
+    def test_an_unfit_key_fails_at_once_without_touching_the_store(self, key: str) -> None:
+        with mock.patch.object(IdempotencyRecordQuerySet, "claim") as claim:
+            result = autoretried.apply(args=[{"id": key}])
+
+        assert result.failed()
+        assert isinstance(result.result, InvalidKey)
+        assert isinstance(result.result, ValueError)
+        assert claim.call_count == 0  # no autoretry, no retry, no claim
+        assert not Order.objects.exists()
+
+    def test_an_unfit_task_id_fails_at_once(self) -> None:
+        result = place_order.apply(args=["a"], task_id="task\x00id")
+
+        assert result.failed()
+        assert isinstance(result.result, InvalidKey)
+        assert not IdempotencyRecord.objects.exists()
+        assert not Order.objects.exists()
+
+    def test_a_reused_key_is_not_autoretried_either(self) -> None:
+        autoretried.apply(args=[{"id": "m1"}]).get()
+        claim = IdempotencyRecordQuerySet.claim
+        with mock.patch.object(
+            IdempotencyRecordQuerySet, "claim", autospec=True, side_effect=claim
+        ) as spy:
+            result = autoretried.apply(args=[{"id": "m1", "other": True}])
+        assert isinstance(result.result, KeyReused)
+        assert spy.call_count == 1
+        assert Order.objects.count() == 1
+
+    def test_autoretry_options_of_the_caller_are_kept(self) -> None:
+        assert autoretried.autoretry_for == (Exception,)
+        assert InvalidKey in autoretried.dont_autoretry_for
+        assert KeyReused in autoretried.dont_autoretry_for
+
+
+class TestDuplicateWaits:
+    """How long a duplicate waits for the running attempt (``plan_wait``, no clock)."""
+
+    LEASE = timedelta(seconds=90)
+
+    def test_a_live_committed_lease_is_waited_for_capped(self) -> None:
+        countdown, state = plan_wait(
+            Busy("running", 60, reason="in_progress"), None, self.LEASE, now=1000.0
+        )
+        assert countdown == MAX_COUNTDOWN
+        assert state == {"until": 1060.0, "waits": 1}
+
+    def test_a_lease_about_to_end_is_waited_for_until_then(self) -> None:
+        countdown, _state = plan_wait(
+            Busy("running", 1, reason="in_progress"), None, self.LEASE, now=1000.0
+        )
+        assert countdown == 1.0
+
+    def test_an_invisible_attempt_is_given_one_lease_from_the_first_refusal(self) -> None:
+        first = plan_wait(Busy("lock", 1, reason="lock"), None, self.LEASE, now=1000.0)
+        assert first == (1.0, {"until": 1090.0, "waits": 1})
+        later = plan_wait(Busy("lock", 1, reason="lock"), first[1], self.LEASE, now=1050.0)
+        assert later == (2.0, {"until": 1090.0, "waits": 2})  # the deadline does not move
+
+    def test_waiting_ends_a_grace_after_the_lease(self) -> None:
+        state = {"until": 1090.0, "waits": 12}
+        grace = GRACE.total_seconds()
+        busy = Busy("lock", 1, reason="lock")
+        assert plan_wait(busy, state, self.LEASE, now=1090.0 + grace) is not None
+        assert plan_wait(busy, state, self.LEASE, now=1090.0 + grace + 1) is None
+
+    def test_a_lease_taken_over_by_another_attempt_is_waited_for_again(self) -> None:
+        """A committed record's lease is read afresh each time: a new attempt, a new lease."""
+        state = {"until": 1090.0, "waits": 12}
+        late = 1090.0 + GRACE.total_seconds() + 5
+        busy = Busy("running", 80, reason="in_progress")
+        assert plan_wait(busy, state, self.LEASE, now=late) == (
+            MAX_COUNTDOWN,
+            {"until": late + 80, "waits": 13},
+        )
+
+    def test_the_countdown_backs_off_to_the_cap(self) -> None:
+        busy = Busy("lock", 1, reason="lock")
+        assert [wait_countdown(busy, n) for n in range(6)] == [1, 2, 4, 8, 10, 10]
+        assert MAX_COUNTDOWN == 10
+
+
 def _fingerprint(payload: Any) -> str:
     from django_idempotency.once import _fingerprint
 
@@ -197,10 +300,12 @@ def worker_database(transactional_db: None, tmp_path: Path) -> WorkerDatabase:
     return WorkerDatabase(url, path)
 
 
-def _environment(database_url: str, queue: str = "") -> dict[str, str]:
+def _environment(
+    database_url: str, queue: str = "", settings: str = "tests.settings"
+) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        DJANGO_SETTINGS_MODULE="tests.settings",
+        DJANGO_SETTINGS_MODULE=settings,
         DATABASE_URL=database_url,
         PYTHONPATH=str(ROOT),
         IDEM_CELERY_BROKER=BROKER,
@@ -212,14 +317,21 @@ def _environment(database_url: str, queue: str = "") -> dict[str, str]:
 class Worker:
     """One ``celery worker`` process group (a main process and one pool process)."""
 
-    def __init__(self, database: WorkerDatabase, queue: str, log: Path) -> None:
+    def __init__(
+        self,
+        database: WorkerDatabase,
+        queue: str,
+        log: Path,
+        app: str = "tests.celery_app.app",
+        settings: str = "tests.settings",
+    ) -> None:
         self.log = log
         command = [
             sys.executable,
             "-m",
             "celery",
             "-A",
-            "tests.celery_app.app",
+            app,
             "worker",
             "--pool=prefork",
             "--concurrency=1",
@@ -236,7 +348,7 @@ class Worker:
             self.process = subprocess.Popen(
                 command,
                 cwd=ROOT,
-                env=_environment(database.url, queue),
+                env=_environment(database.url, queue, settings),
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -275,9 +387,9 @@ class Workers:
         self.directory = directory
         self.started: list[Worker] = []
 
-    def start(self) -> Worker:
+    def start(self, **options: str) -> Worker:
         log = self.directory / f"worker-{len(self.started)}.log"
-        worker = Worker(self.database, self.queue, log)
+        worker = Worker(self.database, self.queue, log, **options)
         self.started.append(worker)
         return worker
 
@@ -402,3 +514,33 @@ def test_whole_worker_killed_after_commit_another_worker_replays(
     assert _events(marker) == ["run", "blocking"]
     assert worker_database.orders("crash") == 1
     assert answer["reference"] == "crash"
+
+
+WAITING_WORKER = {"app": "tests.celery_wait_app", "settings": "tests.celery_wait_settings"}
+
+
+@worker_test
+def test_a_duplicate_waits_for_the_running_attempt_and_returns_its_result(
+    workers: Workers, worker_database: WorkerDatabase, queue: str, tmp_path: Path
+) -> None:
+    """The duplicate's claim times out (``WAIT`` is 1 s; SQLite waits its 5 s timeout)
+    again and again while the original holds its transaction for 12 s. It is re-sent
+    to wait, more often than ``max_retries`` (1) would allow, and ends with the
+    original's stored result."""
+    workers.start(**WAITING_WORKER)
+    workers.start(**WAITING_WORKER)
+    marker = tmp_path / "slow.marker"
+    arguments = ["slow", 12, str(marker)]
+    original = slow_order.apply_async(args=arguments, queue=queue)
+    workers.wait_for(marker, "run")
+    duplicate = slow_order.apply_async(args=arguments, queue=queue)
+
+    answer = workers.result(duplicate)
+
+    assert answer == workers.result(original)
+    assert answer["reference"] == "slow"
+    assert _events(marker) == ["run"]  # the body ran once
+    assert worker_database.orders("slow") == 1
+    assert worker_database.completed_records() == 1
+    waits = sum(worker.log.read_text().count("retry: Retry in") for worker in workers.started)
+    assert waits > slow_order.max_retries

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -72,6 +73,51 @@ def test_valid_keys(raw: str, key: str) -> None:
 
 def test_no_header_is_no_key() -> None:
     assert keys.parse_key(None) is None
+
+
+# The column's rules: one function for header keys and workers' keys.
+
+
+def test_the_length_limit_is_the_columns() -> None:
+    limit = IdempotencyRecord._meta.get_field("key").max_length
+    assert limit == keys.MAX_KEY_LENGTH
+    assert IdempotencyRecord._meta.get_field("scope").max_length == keys.MAX_SCOPE_LENGTH
+    assert keys.fit_key("k" * limit) == "k" * limit
+    with pytest.raises(keys.InvalidKey, match=f"longer than {limit}"):
+        keys.fit_key("k" * (limit + 1))
+
+
+UNFIT_FOR_THE_COLUMN = {
+    "empty": "",
+    "NUL": "a\x00b",
+    "C0": "a\x01b",
+    "tab": "a\tb",
+    "newline": "a\nb",
+    "DEL": "a\x7fb",
+    "C1": "a\x9fb",
+    "leading space": " a",
+    "trailing space": "a ",
+    "trailing ideographic space": "a\u3000",
+    "lone surrogate": "a\udfff",
+}
+
+
+@pytest.mark.parametrize("key", list(UNFIT_FOR_THE_COLUMN.values()), ids=list(UNFIT_FOR_THE_COLUMN))
+def test_fit_key_refuses_what_the_column_cannot_hold(key: str) -> None:
+    with pytest.raises(keys.InvalidKey):
+        keys.fit_key(key)
+
+
+@pytest.mark.parametrize("key", ["a b", "Müller", "注文:42", "\U0001f9fe", "x" * 255])
+def test_fit_key_keeps_keys_that_fit_unchanged(key: str) -> None:
+    assert keys.fit_key(key) == key
+
+
+def test_parse_key_applies_the_column_rules_too() -> None:
+    """The header rules are stricter (printable ASCII) and end in ``fit_key``."""
+    with mock.patch.object(keys, "fit_key", wraps=keys.fit_key) as fit:
+        assert keys.parse_key('"abc"') == "abc"
+    fit.assert_called_once_with("abc")
 
 
 # Over HTTP: a malformed key is a 400 problem, nothing runs and nothing is stored.
@@ -235,6 +281,14 @@ def test_long_scope_is_hashed_to_fit_the_column() -> None:
 def test_scope_of_exactly_255_characters_is_kept() -> None:
     scope = "s" * 255
     assert keys.compute_scope(None, lambda request: scope) == scope
+
+
+@pytest.mark.parametrize("scope", ["tenant:\x00", "tenant:\ud800", "t" * 256])
+def test_scopes_the_column_cannot_hold_are_hashed(scope: str) -> None:
+    fitted = keys.compute_scope(None, lambda request: scope)
+    assert fitted.startswith("sha256:")
+    assert fitted == keys.fit_scope(scope)
+    assert fitted.encode("utf-8")
 
 
 def test_scope_ending_in_a_space_is_hashed() -> None:

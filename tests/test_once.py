@@ -10,7 +10,8 @@ from unittest import mock
 import pytest
 from django.db import OperationalError, connection, transaction
 
-from django_idempotency import signals
+from django_idempotency import keys, signals
+from django_idempotency.keys import InvalidKey
 from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet, Status
 from django_idempotency.once import (
     _NO_PAYLOAD,
@@ -133,15 +134,106 @@ def test_empty_keys_are_refused(key: Any) -> None:
         once(key, scope="s")
 
 
-def test_long_keys_and_scopes_are_hashed_to_fit_the_columns() -> None:
-    with once("k" * 300, scope="s" * 300) as run:
-        run.result = 1
-    with once("k" * 300, scope="s" * 300) as again:
+def test_an_empty_scope_is_refused() -> None:
+    with pytest.raises(ValueError, match="scope is empty"):
+        once("msg:1", scope="")
+
+
+UNFIT_KEYS = {
+    "NUL": "msg\x00:1",
+    "tab": "msg\t1",
+    "newline at the end": "msg:1\n",
+    "carriage return": "msg\r1",
+    "escape": "msg\x1b1",
+    "DEL": "msg\x7f1",
+    "C1 next line": "msg\x851",
+    "leading space": " msg:1",
+    "trailing space": "msg:1 ",
+    "trailing no-break space": "msg:1\u00a0",
+    "only spaces": "   ",
+    "256 characters": "k" * 256,
+    "lone surrogate": "msg:\ud800",
+}
+
+
+@pytest.mark.parametrize("key", list(UNFIT_KEYS.values()), ids=list(UNFIT_KEYS))
+def test_keys_the_record_cannot_hold_are_refused_before_the_database(
+    key: str, django_assert_num_queries: Any
+) -> None:
+    """A ValueError, not ``Unavailable``: retrying the message would never make it fit."""
+    with django_assert_num_queries(0), pytest.raises(InvalidKey, match=r"^once: the key"):
+        once(key, scope="billing")
+    assert issubclass(InvalidKey, ValueError)
+    assert not IdempotencyRecord.objects.exists()
+
+
+def test_the_decorator_refuses_an_unfit_key_without_calling_the_handler() -> None:
+    calls: list[str] = []
+
+    @once(key=lambda message: message["id"])
+    def handler(message: dict[str, Any]) -> None:
+        calls.append(message["id"])
+
+    with pytest.raises(ValueError, match="control characters"):
+        handler({"id": "msg\x00:1"})
+    assert calls == []
+    assert not IdempotencyRecord.objects.exists()
+
+
+FIT_KEYS = {
+    "255 characters": "k" * 255,
+    "non-ASCII letters": "rechnung:Müller-Lüdenscheidt",
+    "CJK": "注文:42",
+    "four-byte emoji": "receipt:\U0001f9fe",
+    "spaces inside": "import nightly 2026-12-01",
+    "an int": 42,
+}
+
+
+@pytest.mark.parametrize("key", list(FIT_KEYS.values()), ids=list(FIT_KEYS))
+def test_keys_that_fit_are_stored_exactly_and_replay(key: Any) -> None:
+    with once(key, scope="billing") as run:
+        run.result = "done"
+    with once(key, scope="billing") as again:
         pass
 
-    record = IdempotencyRecord.objects.get()
-    assert record.key.startswith("sha256:")
-    assert record.scope.startswith("sha256:")
+    assert again.replayed and again.result == "done"
+    assert IdempotencyRecord.objects.get().key == str(key)
+
+
+def test_non_ascii_keys_are_not_normalised() -> None:
+    """Composed and decomposed "ü" are two keys: compared exactly, like the HTTP path."""
+    with once("m\u00fcller", scope="billing") as first:
+        first.result = 1
+    with once("mu\u0308ller", scope="billing") as second:
+        second.result = 2
+    assert first.first and second.first
+    assert IdempotencyRecord.objects.count() == 2
+
+
+SCOPES = {
+    "300 characters": "s" * 300,
+    "trailing space": "billing ",
+    "NUL": "bill\x00ing",
+    "lone surrogate": "billing\udc80",
+    "255 characters": "s" * 255,
+    "leading space": " billing",
+    "non-ASCII": "Buchhaltung:Müller",
+}
+
+
+@pytest.mark.parametrize("scope", list(SCOPES.values()), ids=list(SCOPES))
+def test_scopes_are_fitted_as_the_http_path_fits_them(scope: str) -> None:
+    """One rule for every scope (``keys.fit_scope``): hashed when the column cannot
+    hold it as it is, kept otherwise."""
+    with once("msg:1", scope=scope) as run:
+        run.result = 1
+    with once("msg:1", scope=scope) as again:
+        pass
+
+    stored = IdempotencyRecord.objects.get().scope
+    assert stored == keys.compute_scope(None, lambda request: scope)
+    assert stored == run.scope
     assert again.replayed and again.result == 1
 
 
@@ -175,6 +267,7 @@ def test_a_live_lease_means_busy_with_retry_after() -> None:
     with pytest.raises(Busy) as caught, once("msg:1", scope="billing"):
         pytest.fail("the block must not run")
     assert 1 <= caught.value.retry_after <= 90
+    assert caught.value.reason == "in_progress"
 
 
 def test_an_unreachable_store_raises_unavailable_and_runs_nothing() -> None:
