@@ -8,9 +8,7 @@ The engine answers with one ``Outcome``; the adapter turns that into HTTP.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
-import hashlib
 import logging
 import math
 import time
@@ -48,6 +46,8 @@ class Mode(enum.Enum):
 
 @dataclass(frozen=True)
 class Intent:
+    """Who and what. The adapters fit each value to its column (``keys.fit_*``)."""
+
     scope: str
     key: str
     fingerprint: str
@@ -231,29 +231,6 @@ def execute(
     return _run_in_transaction(records, claimed, intent, policy, work, capture)
 
 
-def _fitted(intent: Intent) -> Intent:
-    """An intent whose values fit the record's columns, never silently cut.
-
-    MySQL's ``INSERT IGNORE`` (the claim) stores a too-long value truncated, with only a
-    warning: a retry would then never match its own record. A long fingerprint is
-    opaque, so it is hashed down; a long key or scope is a caller's bug.
-    """
-    for name in ("scope", "key"):
-        limit = _max_length(name)
-        if limit is not None and len(getattr(intent, name)) > limit:
-            raise ValueError(f"An idempotency {name} is at most {limit} characters long.")
-    limit = _max_length("fingerprint")
-    if limit is not None and len(intent.fingerprint) > limit:
-        digest = hashlib.sha256(intent.fingerprint.encode()).hexdigest()
-        intent = dataclasses.replace(intent, fingerprint=digest)
-    return intent
-
-
-def _max_length(name: str) -> int | None:
-    length: int | None = getattr(IdempotencyRecord._meta.get_field(name), "max_length", None)
-    return length
-
-
 def _claim_committed(
     records: IdempotencyRecordQuerySet, intent: Intent, policy: Policy
 ) -> IdempotencyRecord | Replay | InProgress | Mismatch | Busy:
@@ -294,7 +271,6 @@ def _claim(
     policy: Policy,
     wait: timedelta | None = None,
 ) -> IdempotencyRecord | Replay | InProgress | Mismatch | Busy:
-    intent = _fitted(intent)
     for _ in range(CLAIM_ROUNDS):
         existing, created = records.claim(
             scope=intent.scope,

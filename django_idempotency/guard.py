@@ -89,7 +89,7 @@ class Guard:
             return engine.Intent(
                 scope=keys.compute_scope(request, self.scope),
                 key=key,
-                fingerprint=self.fingerprint(request),
+                fingerprint=keys.fit_fingerprint(self.fingerprint(request)),
                 method=request.method,
                 route=keys.route_of(request),
             )
