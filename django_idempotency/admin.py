@@ -5,6 +5,11 @@ different answer to a retry, and deleting a live one could run a side effect twi
 nothing here edits or deletes a record one by one. The two actions only delete what
 the engine itself would treat as gone: stuck operations (lease ended) and expired
 records.
+
+The date drill-down truncates dates in the current time zone, which MySQL and MariaDB
+can only do with their time-zone tables loaded (a default install has none:
+``CONVERT_TZ()`` answers NULL). Without them the drill-down links are left out, and a
+drill-down in the URL still filters, by a range that needs no conversion.
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
+from django.db import connections
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.template.defaultfilters import filesizeformat
@@ -22,9 +30,42 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
 from django_idempotency import engine
-from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet, Status
+from django_idempotency.models import (
+    IdempotencyRecord,
+    IdempotencyRecordQuerySet,
+    Status,
+    expired_at,
+)
 
 SHOWN_BODY_CHARS = 100_000
+PROBE_DATETIME = "2000-01-01 00:00:00"
+
+_can_truncate: dict[tuple[str, str], bool] = {}
+
+
+def dates_truncate(alias: str, tzname: str | None = None) -> bool:
+    """Whether database ``alias`` can truncate datetimes in ``tzname`` (default: current).
+
+    Only MySQL and MariaDB need to ask: they convert with ``CONVERT_TZ()``, which
+    answers NULL without the server's time-zone tables. Asked once per alias and zone.
+    """
+    connection = connections[alias]
+    zone = tzname or timezone.get_current_timezone_name()
+    if connection.vendor != "mysql" or not settings.USE_TZ:
+        return True
+    if connection.timezone_name == zone:
+        return True  # no conversion: Django truncates without CONVERT_TZ()
+    known = _can_truncate.get((alias, zone))
+    if known is None:
+        target = connection.ops._prepare_tzname_delta(zone)  # type: ignore[attr-defined]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT CONVERT_TZ(%s, %s, %s)", [PROBE_DATETIME, connection.timezone_name, target]
+            )
+            row = cursor.fetchone()
+        known = _can_truncate[(alias, zone)] = row is not None and row[0] is not None
+    return known
+
 
 if TYPE_CHECKING:
     ModelAdmin = admin.ModelAdmin[IdempotencyRecord]
@@ -42,8 +83,7 @@ class ExpiredFilter(admin.SimpleListFilter):
     def queryset(
         self, request: HttpRequest, queryset: QuerySet[IdempotencyRecord]
     ) -> QuerySet[IdempotencyRecord]:
-        expired = Q(expires_at__lte=timezone.now())
-        return choose(queryset, self.value(), expired)
+        return choose(queryset, self.value(), expired_at(timezone.now()))
 
 
 class StuckFilter(admin.SimpleListFilter):
@@ -60,6 +100,16 @@ class StuckFilter(admin.SimpleListFilter):
     ) -> QuerySet[IdempotencyRecord]:
         stuck = Q(status=Status.IN_PROGRESS, locked_until__lte=timezone.now())
         return choose(queryset, self.value(), stuck)
+
+
+class RecordChangeList(ChangeList):
+    """Leaves the drill-down links out where the database cannot truncate dates; a
+    drill-down in the URL still filters (by a range, computed before this)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.date_hierarchy and not dates_truncate(engine.records_database()):
+            self.date_hierarchy = None
 
 
 def choose(
@@ -97,7 +147,7 @@ class IdempotencyRecordAdmin(ModelAdmin):
     )
     list_filter = ("status", ExpiredFilter, StuckFilter)
     search_fields = ("key", "scope")
-    search_help_text = _("Search by key or scope (user:<pk>, anonymous, ...).")
+    search_help_text = _("Search by key or scope (user:<pk>, session:h1:<digest>, anonymous, ...).")
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     list_per_page = 50
@@ -115,6 +165,9 @@ class IdempotencyRecordAdmin(ModelAdmin):
         ),
         (_("Dates"), {"fields": ("created_at", "completed_at", "expires_at")}),
     )
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return RecordChangeList
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [str(name) for _title, options in self.fieldsets for name in options["fields"]]
@@ -202,7 +255,10 @@ class IdempotencyRecordAdmin(ModelAdmin):
             if obj.status == Status.IN_PROGRESS:
                 return str(_("No response yet: the operation is in progress."))
             return str(
-                _("Not stored: larger than MAX_RESPONSE_BYTES or streamed; replays answer 303.")
+                _(
+                    "Not stored: larger than MAX_RESPONSE_BYTES, or an asynchronous "
+                    "stream; replays answer 303."
+                )
             )
         body = bytes(obj.response_body)
         if not body:

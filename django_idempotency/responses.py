@@ -18,13 +18,18 @@ STORED_HEADERS = frozenset(
     {"content-type", "location", "content-location", "etag", "last-modified", "link"}
     # They describe the stored bytes: gzip bytes replayed without their encoding are garbage.
     | {"content-encoding", "content-language", "content-disposition"}
+    # A replay is never more cacheable than the original: its caching rules go with it,
+    # and Vary with them, or a cache could keep a replay as the answer to every variant.
+    | {"cache-control", "expires", "pragma", "vary"}
 )
+# Replays of records stored without Cache-Control (an original without one, or a record
+# of an older version that did not store it): the stricter answer is always safe.
+REPLAY_CACHE_CONTROL = "no-store"
 # Never stored, even when they start with X-: they belong to one client or one hop.
 NEVER_STORED = frozenset(
     {
         "set-cookie",
         "date",
-        "vary",
         "authorization",
         "www-authenticate",
         "proxy-authenticate",
@@ -93,8 +98,9 @@ def capture(response: HttpResponseBase, max_bytes: int | None = None) -> Stored 
 
     A 5xx or a DRF error response (``response.exception``) means the work failed:
     nothing is stored and the writes roll back. A body over ``MAX_RESPONSE_BYTES``
-    (or a stream longer than that) is not stored: the operation still completes and a
-    replay answers ``303 See Other`` instead of a truncated body.
+    (or a stream longer than that, or any asynchronous stream) is not stored: the
+    operation still completes and a replay answers ``303 See Other`` instead of a
+    truncated body. A short synchronous stream is stored and replayed byte for byte.
     """
     if response.status_code >= 500 or getattr(response, "exception", False):
         return None
@@ -151,6 +157,8 @@ def replay(record: IdempotencyRecord) -> HttpResponse:
         del response["Content-Type"]
     for name, value in record.response_headers.items():
         response[name] = value
+    if "Cache-Control" not in response:
+        response["Cache-Control"] = REPLAY_CACHE_CONTROL
     response[REPLAYED_HEADER] = "true"
     return response
 
@@ -162,8 +170,8 @@ def _not_stored(record: IdempotencyRecord) -> HttpResponse:
     )
     return NOT_STORED.response(
         f"The operation completed with status {record.response_status}, but its response "
-        "was larger than MAX_RESPONSE_BYTES or streamed, so it cannot be replayed. "
-        "See the Location header.",
+        "was not stored (larger than MAX_RESPONSE_BYTES, or an asynchronous stream), so "
+        "it cannot be replayed. See the Location header.",
         headers=extra,
         operation=status_url(record),
         response_status=record.response_status,
@@ -201,12 +209,21 @@ def mismatch(record: IdempotencyRecord) -> HttpResponse:
     )
 
 
+BUSY_DETAIL = {
+    "lease_lost": "A retry of this request took the operation over while this attempt "
+    "ran, so this attempt's response was not stored.",
+    "lock": "A concurrent request held a database lock this request needed, so its "
+    "response was not stored.",
+}
+# True in every mode: an atomic=False view's own commits may stay, so "nothing was
+# committed" would be a promise the guard cannot keep.
+BUSY_NEXT_STEP = " Retry with the same Idempotency-Key to get the operation's outcome."
+
+
 def busy(reason: str, retry_after: int) -> HttpResponse:
     problem = LEASE_LOST if reason == "lease_lost" else LOCK_CONFLICT
-    return problem.response(
-        "Nothing was committed. Retry with the same Idempotency-Key.",
-        headers={"Retry-After": str(retry_after)},
-    )
+    detail = BUSY_DETAIL["lease_lost" if reason == "lease_lost" else "lock"]
+    return problem.response(detail + BUSY_NEXT_STEP, headers={"Retry-After": str(retry_after)})
 
 
 def unavailable() -> HttpResponse:

@@ -3,11 +3,21 @@
 A key is unique per scope, and a stored response is only ever replayed inside its own
 scope. Scopes are computed after authentication, so ``request.user`` is the real
 principal (for DRF, the token- or basic-authenticated user).
+
+A scope is stored, shown in the admin and sent with every signal, so it must never
+hold a bearer credential: a session key or an API token would let whoever reads it
+act as its owner. ``by_user_or_session`` therefore stores a keyed hash of the session.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from django.utils.crypto import salted_hmac
+
+#: Marks the hashed form (and its version): a raw session key never contains a colon.
+SESSION_PREFIX = "session:h1:"
+SESSION_SALT = "django_idempotency.scopes.by_user_or_session"
 
 
 def by_user(request: Any) -> str:
@@ -23,7 +33,11 @@ def by_user(request: Any) -> str:
 
 
 def by_user_or_session(request: Any) -> str:
-    """Like ``by_user``, but anonymous visitors are kept apart by their session."""
+    """Like ``by_user``, but anonymous visitors are kept apart by their session.
+
+    The scope is ``session:h1:<HMAC-SHA256 of the session key>``, keyed with
+    ``SECRET_KEY``: stable for the session, useless to whoever reads it.
+    """
     user = getattr(request, "user", None)
     if user is not None and user.is_authenticated:
         return f"user:{user.pk}"
@@ -31,8 +45,14 @@ def by_user_or_session(request: Any) -> str:
     if session is not None:
         if session.session_key is None:
             session.save()
-        return f"session:{session.session_key}"
+        return session_scope(session.session_key)
     return "anonymous"
+
+
+def session_scope(session_key: str) -> str:
+    """The scope of a guest's session (75 characters), never the session key itself."""
+    digest = salted_hmac(SESSION_SALT, session_key, algorithm="sha256").hexdigest()
+    return SESSION_PREFIX + digest
 
 
 def global_scope(request: Any) -> str:

@@ -10,6 +10,9 @@ is running.
 Session users are recognised by Django's ``AuthenticationMiddleware``; API clients by
 DRF's ``DEFAULT_AUTHENTICATION_CLASSES`` (token, basic, ...) when DRF is installed, so
 a token-authenticated client sees the records its guarded DRF views created.
+
+Nothing here changes state, so the views are exempt from CSRF: a POST or DELETE gets
+the documented ``405`` problem, not ``CsrfViewMiddleware``'s HTML ``403``.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from django.apps import apps
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
 
 from django_idempotency import engine, keys, responses
 from django_idempotency.guard import opt_out_of_atomic_requests
-from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet
+from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet, expired_at
 
 ALLOWED_METHODS = ("GET", "HEAD")
+ALLOW = "GET, HEAD, OPTIONS"
 FIELDS = (
     "id",
     "key",
@@ -46,22 +51,28 @@ View = Callable[..., HttpResponse]
 
 
 def status_view(view: View) -> View:
-    """GET and HEAD only, never cached, outside ``ATOMIC_REQUESTS`` on the default and
-    the records' database (resolved per request, like the guarded views)."""
+    """GET and HEAD, OPTIONS answered ``204`` with ``Allow``, anything else ``405``;
+    never cached, CSRF-exempt (read-only), outside ``ATOMIC_REQUESTS`` on the default
+    and the records' database (resolved per request, like the guarded views)."""
 
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if request.method in ALLOWED_METHODS:
             response = view(request, *args, **kwargs)
+        elif request.method == "OPTIONS":
+            response = HttpResponse(status=204)
+            response["Allow"] = ALLOW
         else:
             response = responses.OPERATION_METHOD_NOT_ALLOWED.response(
                 f"The operation-status endpoint answers GET and HEAD, not {request.method}.",
-                headers={"Allow": ", ".join(ALLOWED_METHODS)},
+                headers={"Allow": ALLOW},
             )
         response["Cache-Control"] = "no-store"
         return response
 
-    opted_out: View = opt_out_of_atomic_requests(transaction.non_atomic_requests(wrapper))
+    opted_out: View = opt_out_of_atomic_requests(
+        transaction.non_atomic_requests(csrf_exempt(wrapper))
+    )
     return opted_out
 
 
@@ -78,7 +89,9 @@ def operation(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
 def operation_by_key(request: HttpRequest) -> HttpResponse:
     """``GET <prefix>/operations/?key=<key>``: the operation by the key the client sent.
 
-    ``key`` is the key itself (URL-encoded), not its header encoding.
+    ``key`` is the header's value (URL-encoded), read by ``keys.parse_key`` like the
+    header of a guarded request: a key a guarded view would refuse is refused here too,
+    never looked up.
     """
     caller = authenticated(request)
     if isinstance(caller, HttpResponse):
@@ -88,25 +101,13 @@ def operation_by_key(request: HttpRequest) -> HttpResponse:
         return responses.KEY_MISSING.response(
             "Name the operation with ?key=<the Idempotency-Key you sent>."
         )
-    problem = key_problem(values)
-    if problem:
-        return responses.KEY_INVALID.response(
-            f"{problem} A key is one string of 1-{keys.MAX_KEY_LENGTH} printable ASCII characters."
-        )
-    return describe(records().filter(key=values[0], scope=keys.compute_scope(caller)))
-
-
-def key_problem(values: list[str]) -> str | None:
-    if len(values) > 1:
-        return "Send exactly one key."
-    key = values[0]
-    if not key:
-        return "The key is empty."
-    if len(key) > keys.MAX_KEY_LENGTH:
-        return f"The key is longer than {keys.MAX_KEY_LENGTH} characters."
-    if any(not ("\x20" <= char <= "\x7e") for char in key):
-        return "The key may contain printable ASCII characters only."
-    return None
+    try:
+        if len(values) > 1:
+            raise keys.InvalidKey("Send exactly one key.")
+        key = keys.parse_key(values[0])
+    except keys.InvalidKey as exc:
+        return responses.invalid_key(str(exc))
+    return describe(records().filter(key=key, scope=keys.compute_scope(caller)))
 
 
 def records() -> IdempotencyRecordQuerySet:
@@ -115,7 +116,7 @@ def records() -> IdempotencyRecordQuerySet:
 
 
 def describe(candidates: IdempotencyRecordQuerySet) -> HttpResponse:
-    found = candidates.filter(expires_at__gt=timezone.now()).values(*FIELDS).first()
+    found = candidates.exclude(expired_at(timezone.now())).values(*FIELDS).first()
     if found is None:
         return responses.OPERATION_NOT_FOUND.response(NOT_FOUND_DETAIL)
     found["id"] = str(found["id"])

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from typing import Any
 
 import pytest
 from django.contrib import admin
 from django.contrib.auth.models import Permission, User
 from django.contrib.messages import get_messages
+from django.core.checks import registry
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import include, path, reverse
 from django.utils import timezone
 
-from django_idempotency.admin import IdempotencyRecordAdmin
+from django_idempotency import checks
+from django_idempotency.admin import IdempotencyRecordAdmin, dates_truncate
 from django_idempotency.models import IdempotencyRecord, Status
 from tests.factories import IdempotencyRecordFactory
 
@@ -143,6 +147,97 @@ class TestChangelist:
         assert listed(admin_client, created_at__year=str(record.created_at.year - 1)) == set()
 
 
+def server_has_time_zone_tables() -> bool:
+    """What the server itself says: the tables are loaded, or ``CONVERT_TZ()`` is NULL."""
+    if connection.vendor != "mysql":
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM mysql.time_zone_name")
+        return bool(cursor.fetchone()[0])
+
+
+# 23:30 UTC on 15 March is 00:30 on 16 March in Paris: the drill-down is by local dates.
+PARIS_NIGHT = datetime(2026, 3, 15, 23, 30, tzinfo=dt_timezone.utc)
+PARIS_DRILL_DOWNS = [
+    {},
+    {"created_at__year": "2026"},
+    {"created_at__year": "2026", "created_at__month": "3"},
+    {"created_at__year": "2026", "created_at__month": "3", "created_at__day": "16"},
+]
+
+
+@pytest.fixture
+def paris(settings: Any) -> None:
+    settings.USE_TZ = True
+    settings.TIME_ZONE = "Europe/Paris"
+
+
+@pytest.mark.usefixtures("paris")
+class TestTimeZones:
+    """MySQL and MariaDB truncate dates in TIME_ZONE with CONVERT_TZ(), which is NULL
+    without the server's time-zone tables (a default install): the changelist must
+    answer all the same, on every database."""
+
+    @pytest.mark.parametrize("query", PARIS_DRILL_DOWNS, ids=["none", "year", "month", "day"])
+    def test_changelist_answers_with_and_without_a_drill_down(self, admin_client, query):
+        night = IdempotencyRecordFactory(created_at=PARIS_NIGHT)
+        IdempotencyRecordFactory(created_at=PARIS_NIGHT - timedelta(days=1))
+        response = admin_client.get(changelist_url(**query))
+        assert response.status_code == 200
+        shown = {record.pk for record in response.context["cl"].result_list}
+        assert night.pk in shown
+        assert len(shown) == (1 if "created_at__day" in query else 2)
+
+    def test_the_drill_down_is_shown_where_the_database_can_truncate(self, admin_client):
+        IdempotencyRecordFactory(created_at=PARIS_NIGHT)
+        response = admin_client.get(changelist_url())
+        able = server_has_time_zone_tables()
+        assert dates_truncate(connection.alias) is able
+        assert response.context["cl"].date_hierarchy == ("created_at" if able else None)
+        assert ("created_at__day=16" in response.text) is able
+
+    def test_without_time_zone_tables_the_drill_down_is_left_out(self, admin_client, monkeypatch):
+        monkeypatch.setattr("django_idempotency.admin.dates_truncate", lambda alias: False)
+        night = IdempotencyRecordFactory(created_at=PARIS_NIGHT)
+        IdempotencyRecordFactory(created_at=PARIS_NIGHT + timedelta(days=1))
+        response = admin_client.get(changelist_url())
+        assert response.status_code == 200
+        assert response.context["cl"].date_hierarchy is None
+        assert "created_at__year=" not in response.text
+        # A bookmarked drill-down still filters, by local dates.
+        day = PARIS_DRILL_DOWNS[-1]
+        assert listed(admin_client, **day) == {night.pk}
+
+    def test_asks_the_database_once_per_alias_and_zone(self):
+        able = server_has_time_zone_tables()
+        assert dates_truncate(connection.alias) is able
+        with CaptureQueriesContext(connection) as queries:
+            assert dates_truncate(connection.alias) is able
+        assert len(queries) == 0
+
+    def test_utc_needs_no_time_zone_tables(self, settings):
+        settings.TIME_ZONE = "UTC"
+        with CaptureQueriesContext(connection) as queries:
+            assert dates_truncate(connection.alias) is True
+        assert len(queries) == 0
+
+    def test_w007_says_how_to_load_the_tables(self, monkeypatch):
+        assert checks.check_time_zone_tables(databases=None) == []
+        found = checks.check_time_zone_tables(databases=[connection.alias])
+        assert [message.id for message in found] == (
+            [] if server_has_time_zone_tables() else ["django_idempotency.W007"]
+        )
+        monkeypatch.setattr("django_idempotency.admin.dates_truncate", lambda alias, zone: False)
+        [warning] = checks.check_time_zone_tables(databases=[connection.alias])
+        assert warning.id == "django_idempotency.W007"
+        assert "'Europe/Paris'" in warning.msg and "drill-down" in warning.msg
+        assert "mariadb-tzinfo-to-sql /usr/share/zoneinfo | mariadb -u root mysql" in warning.hint
+        assert "mysql_tzinfo_to_sql" in warning.hint
+
+    def test_w007_is_registered(self):
+        assert checks.check_time_zone_tables in registry.registry.get_checks()
+
+
 class TestChangePage:
     def test_pretty_prints_a_json_body_with_headers_and_size(self, admin_client):
         body = b'{"id":1,"items":[{"sku":"A"}]}'
@@ -190,7 +285,7 @@ class TestChangePage:
         running = IdempotencyRecordFactory()
         assert "&lt;p&gt;created&lt;/p&gt;" in admin_client.get(change_url(text_record)).text
         assert "10\xa0bytes of binary data." in admin_client.get(change_url(binary)).text
-        assert "Not stored: larger than MAX_RESPONSE_BYTES or streamed" in (
+        assert "Not stored: larger than MAX_RESPONSE_BYTES, or an asynchronous stream" in (
             admin_client.get(change_url(not_stored)).text
         )
         assert "No response yet: the operation is in progress." in (

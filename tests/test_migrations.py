@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from io import StringIO
 
 import pytest
@@ -80,3 +81,73 @@ def test_trailing_spaces_make_another_scope() -> None:
     """Scopes from a callable may end in a space (keys cannot)."""
     IdempotencyRecordFactory(scope="tenant", key="abc")
     assert IdempotencyRecord.objects.lookup("tenant ", "abc") is None
+
+
+HASH_MIGRATION = "0002_hash_session_scopes"
+
+
+def migrate_to(name: str) -> None:
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate([(APP, name)])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_raw_session_scopes_are_rewritten_to_their_hash(monkeypatch) -> None:
+    """Earlier versions stored ``session:<session key>``: a live credential. The data
+    migration rewrites it to what ``by_user_or_session`` computes now, touches nothing
+    else, deletes a raw row whose hashed twin exists, and does nothing a second time."""
+    from django.test.utils import CaptureQueriesContext
+
+    from django_idempotency import scopes
+
+    migration = importlib.import_module(f"{APP}.migrations.{HASH_MIGRATION}")
+    monkeypatch.setattr(migration, "BATCH", 2)
+    leaf = MigrationExecutor(connection).loader.graph.leaf_nodes(APP)
+    migrate_to("0001_initial")
+    try:
+        raw = [IdempotencyRecordFactory(scope=f"session:guest{n}", key="k") for n in range(5)]
+        twin_raw = IdempotencyRecordFactory(scope="session:retried", key="k")
+        twin = IdempotencyRecordFactory(scope=scopes.session_scope("retried"), key="k")
+        other_key = IdempotencyRecordFactory(scope=scopes.session_scope("guest0"), key="other")
+        untouched = {
+            record.pk: record.scope
+            for record in [
+                IdempotencyRecordFactory(scope="user:1", key="k"),
+                IdempotencyRecordFactory(scope="anonymous", key="k"),
+                IdempotencyRecordFactory(scope="tenant:session:x", key="k"),
+                twin,
+                other_key,
+            ]
+        }
+        with CaptureQueriesContext(connection) as queries:
+            migrate_to(HASH_MIGRATION)
+        for record in raw:
+            record.refresh_from_db()
+        assert [r.scope for r in raw] == [scopes.session_scope(f"guest{n}") for n in range(5)]
+        assert not IdempotencyRecord.objects.filter(pk=twin_raw.pk).exists()
+        for pk, scope in untouched.items():
+            assert IdempotencyRecord.objects.get(pk=pk).scope == scope
+        assert not IdempotencyRecord.objects.filter(scope__contains="guest").exists()
+        # Batched: a handful of statements per batch of 2, not per row.
+        touching = [q for q in queries.captured_queries if "django_idempotency_record" in q["sql"]]
+        assert len(touching) <= 5 * 4
+        before = dict(IdempotencyRecord.objects.values_list("pk", "scope"))
+        migrate_to("0001_initial")  # the reverse is a no-op: forward again finds nothing
+        migrate_to(HASH_MIGRATION)
+        assert dict(IdempotencyRecord.objects.values_list("pk", "scope")) == before
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.loader.build_graph()
+        executor.migrate(leaf)
+
+
+def test_the_migration_hashes_as_the_scope_function_does(settings) -> None:
+    from django_idempotency import scopes
+
+    migration = importlib.import_module(f"{APP}.migrations.{HASH_MIGRATION}")
+    for secret in ("tests-only", "another"):
+        settings.SECRET_KEY = secret
+        assert migration.hashed("session:abc") == scopes.session_scope("abc")
+    assert migration.HASHED_PREFIX == scopes.SESSION_PREFIX
+    assert migration.SALT == scopes.SESSION_SALT

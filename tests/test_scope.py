@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client, RequestFactory, override_settings
+from django.utils.crypto import salted_hmac
 
-from django_idempotency import scopes
+from django_idempotency import keys, scopes
 from django_idempotency.models import IdempotencyRecord
 from tests.conftest import send
 from tests.testapp.models import Order
@@ -98,6 +101,46 @@ def test_by_user_or_session_replays_to_the_same_visitor() -> None:
     assert again["Idempotent-Replayed"] == "true"
     assert again.content == first.content
     assert Order.objects.count() == 1
+
+
+def guest_scopes() -> list[str]:
+    return list(IdempotencyRecord.objects.values_list("scope", flat=True))
+
+
+def test_a_guests_scope_is_a_keyed_hash_never_the_session_key() -> None:
+    """The session key is a bearer credential; the scope is stored, shown and signalled."""
+    visitor = Client()
+    send(visitor, "/orders/session/", {}, key="k1")
+    session_key = visitor.session.session_key
+    [scope] = guest_scopes()
+    assert session_key and session_key not in scope
+    assert re.fullmatch(r"session:h1:[0-9a-f]{64}", scope)
+    assert len(scope) <= keys.MAX_SCOPE_LENGTH
+    assert scope == scopes.session_scope(session_key)
+    expected = salted_hmac(scopes.SESSION_SALT, session_key, algorithm="sha256").hexdigest()
+    assert scope == "session:h1:" + expected
+
+
+def test_a_guests_scope_is_stable_for_the_session_and_apart_from_others() -> None:
+    before = scopes.session_scope("abc")
+    assert scopes.session_scope("abc") == before
+    assert scopes.session_scope("abd") != before
+    with override_settings(SECRET_KEY="another-secret"):
+        assert scopes.session_scope("abc") != before  # keyed: unguessable without it
+
+
+def test_rotating_the_secret_key_gives_a_guests_retry_a_new_scope() -> None:
+    """As documented: the retry after a SECRET_KEY rotation runs again."""
+    visitor = Client()
+    before = scopes.session_scope("the-session")
+    assert send(visitor, "/orders/session/", {}, key="k1").status_code == 201
+    with override_settings(SECRET_KEY="rotated", SECRET_KEY_FALLBACKS=["tests-only"]):
+        assert scopes.session_scope("the-session") != before
+        again = send(visitor, "/orders/session/", {}, key="k1")
+    assert again.status_code == 201
+    assert "Idempotent-Replayed" not in again
+    assert Order.objects.count() == 2
+    assert len(set(guest_scopes())) == 2
 
 
 def test_by_user_or_session_prefers_the_user() -> None:

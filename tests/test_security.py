@@ -30,7 +30,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import django_idempotency
+from django_idempotency import signals
 from django_idempotency.models import IdempotencyRecord, Status
+from django_idempotency.scopes import session_scope
 from tests.conftest import needs_drf
 from tests.testapp.fuzz_views import PRIVATE_HEADERS
 from tests.testapp.models import Order
@@ -54,7 +56,6 @@ fuzz = settings(
 PRIVATE = {
     "set-cookie",
     "date",
-    "vary",
     "authorization",
     "www-authenticate",
     "proxy-authenticate",
@@ -114,7 +115,7 @@ class Principal:
         if self.user is not None and (self.token is None or url == "/fuzz/api/"):
             return f"user:{self.user.pk}"
         if url == "/fuzz/session/":
-            return f"session:{self.client.session.session_key}"
+            return session_scope(self.client.session.session_key)
         return "anonymous"
 
 
@@ -469,3 +470,87 @@ def test_staff_without_permission_cannot_see_records(people: dict[str, User]) ->
     client.force_login(User.objects.get(pk=staff.pk))
     assert client.get(ADMIN).status_code == 200
     assert client.get(f"{ADMIN}add/").status_code == 403
+
+
+# ---------------------------------------------------------------- no bearer credential leaks
+
+
+@needs_drf
+def test_no_session_key_or_token_reaches_a_scope_the_admin_logs_or_signals(
+    people: dict[str, User], admin_client: Client, caplog: pytest.LogCaptureFixture, settings: Any
+) -> None:
+    """A guest's session key and an API client's token are bearer credentials: whoever
+    reads one acts as its owner. Neither may be stored in a scope, shown or searchable in
+    the admin, logged, or sent with a signal, whatever the request went through."""
+    from rest_framework.authtoken.models import Token
+
+    # Everywhere, the status endpoint too: the guest looks its operation up by session.
+    settings.IDEMPOTENCY = {"SCOPE": "django_idempotency.scopes.by_user_or_session"}
+    caplog.set_level(logging.DEBUG, logger="django_idempotency")
+    sent: list[str] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        record = kwargs.get("record")
+        fields = (
+            {}
+            if record is None
+            else {f.name: getattr(record, f.attname) for f in record._meta.concrete_fields}
+        )
+        sent.append(repr(kwargs) + repr(fields))
+
+    every_signal = [
+        signals.operation_started,
+        signals.operation_completed,
+        signals.operation_replayed,
+        signals.operation_conflict,
+    ]
+    for signal in every_signal:
+        signal.connect(receiver, dispatch_uid="test-credentials")
+    try:
+        guest = Client()
+        token = Token.objects.create(user=people["alice"]).key
+        api = Client()
+        bearer = {"HTTP_AUTHORIZATION": f"Token {token}"}
+        for _ in range(2):  # the run, then the replay
+            assert post(guest, "/fuzz/session/", "guest-key").status_code == 201
+            assert post(api, "/fuzz/api/", "api-key", **bearer).status_code == 201
+            assert post(api, "/fuzz/two-phase/", "api-key", **bearer).status_code == 201
+        assert post(guest, "/fuzz/session/", "guest-key", {"other": 1}).status_code == 422
+        assert guest.get("/idempotency/operations/", {"key": "guest-key"}).status_code == 200
+        assert api.get("/idempotency/operations/", {"key": "api-key"}, **bearer).status_code == 200
+    finally:
+        for signal in every_signal:
+            signal.disconnect(dispatch_uid="test-credentials")
+    session_key = guest.session.session_key
+    api_session_key = api.session.session_key  # the plain view gave the API client one
+    secrets = {
+        "session key": session_key,
+        "API client's session key": api_session_key,
+        "token": token,
+    }
+    assert session_key and api_session_key and token
+
+    records = list(IdempotencyRecord.objects.all())
+    assert len(records) == 3
+    stored = [
+        repr({f.name: getattr(r, f.attname) for f in r._meta.concrete_fields}) for r in records
+    ]
+    pages = {"changelist": admin_client.get(ADMIN)}
+    for record in records:
+        pages[f"change page of {record.scope}"] = admin_client.get(f"{ADMIN}{record.pk}/change/")
+    for name, secret in secrets.items():
+        # The search page echoes what was typed (in its box and links): nothing may match.
+        searched = admin_client.get(ADMIN, {"q": secret})
+        assert searched.context["cl"].result_count == 0, f"the admin finds records by the {name}"
+    assert len(sent) >= 9
+    for name, secret in secrets.items():
+        for where, text in [
+            *((f"admin {page}", response.content.decode()) for page, response in pages.items()),
+            *(("a stored record", text) for text in stored),
+            *(("a signal", text) for text in sent),
+            ("the log", caplog.text + repr([r.__dict__ for r in caplog.records])),
+        ]:
+            assert secret not in text, f"the {name} appears in {where}"
+    # The guest is still told apart, by the hash the admin can search for.
+    found = admin_client.get(ADMIN, {"q": session_scope(session_key)})
+    assert found.context["cl"].result_count == 1

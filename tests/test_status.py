@@ -119,8 +119,9 @@ class TestAnswer:
             assert body[name].endswith("Z")
 
     def test_by_key(self, as_alice, alice):
-        record = mine(alice, key='order 42/"quoted"')
-        body = as_alice.get(by_key('order 42/"quoted"')).json()
+        # URL-encoded in the query: '/', '"', '&', '=', '%', '+' and '#' survive.
+        record = mine(alice, key='order-42/"quoted"&x=%2B+#')
+        body = as_alice.get(by_key('order-42/"quoted"&x=%2B+#')).json()
         assert body["id"] == str(record.pk)
         assert body["status"] == Status.IN_PROGRESS
         assert body["locked_until"] is not None
@@ -223,16 +224,64 @@ class TestBadRequests:
     def test_malformed_uuid_is_not_routed(self, as_alice):
         assert as_alice.get("/idempotency/operations/not-a-uuid/").status_code == 404
 
-    @pytest.mark.parametrize("method", ["post", "put", "patch", "delete", "options"])
-    def test_only_get_and_head(self, as_alice, alice, method):
+    @pytest.mark.parametrize("method", ["post", "put", "patch", "delete", "trace", "PURGE"])
+    @pytest.mark.parametrize("csrf", [False, True], ids=["csrf-not-enforced", "csrf-enforced"])
+    def test_only_get_and_head(self, alice, method, csrf, settings):
+        """Also under CsrfViewMiddleware with the checks enforced: the endpoint changes
+        nothing, so an unsafe method gets the documented 405, not an HTML 403."""
+        settings.MIDDLEWARE = [*settings.MIDDLEWARE, "django.middleware.csrf.CsrfViewMiddleware"]
+        client = Client(enforce_csrf_checks=csrf)
+        client.force_login(alice)
         record = mine(alice)
         for url in (by_id(record), by_key(record.key)):
-            response = getattr(as_alice, method)(url)
-            assert response.status_code == 405
-            assert response["Allow"] == "GET, HEAD"
+            response = client.generic(method.upper(), url)
+            assert response.status_code == 405, response.content
+            assert response["Allow"] == "GET, HEAD, OPTIONS"
             assert response["Cache-Control"] == "no-store"
             assert response["Content-Type"] == "application/problem+json"
+            body = response.json()
+            assert body["type"].endswith("method-not-allowed")
+            assert method.upper() in body["detail"]
         assert IdempotencyRecord.objects.filter(pk=record.pk).exists()
+
+    @pytest.mark.parametrize("csrf", [False, True], ids=["csrf-not-enforced", "csrf-enforced"])
+    def test_options_names_the_methods(self, alice, csrf, settings):
+        settings.MIDDLEWARE = [*settings.MIDDLEWARE, "django.middleware.csrf.CsrfViewMiddleware"]
+        client = Client(enforce_csrf_checks=csrf)
+        record = mine(alice)
+        for url in (by_id(record), by_key(record.key), by_key()):
+            response = client.options(url)
+            assert response.status_code == 204
+            assert response["Allow"] == "GET, HEAD, OPTIONS"
+            assert response["Cache-Control"] == "no-store"
+            assert response.content == b""
+
+    @pytest.mark.parametrize(
+        ("key", "reason"),
+        [
+            ("a b", "The key may contain printable ASCII characters only."),
+            (" ", "The key is empty."),
+            ("a,b", "Send exactly one key, not a list."),
+            ("a;p=1", "The key must not carry parameters."),
+            ('"a b"', "The key may contain printable ASCII characters only, no spaces."),
+            ('"open', "The key's closing quote is missing."),
+        ],
+    )
+    def test_a_key_a_guarded_view_refuses_is_refused(self, as_alice, alice, key, reason):
+        """``?key=`` is read by keys.parse_key, like the header: never looked up."""
+        mine(alice, key=key)  # even if a record somehow held it
+        response = as_alice.get(by_key(key))
+        assert response.status_code == 400
+        body = response.json()
+        assert body["type"].endswith("idempotency-key-invalid")
+        assert body["detail"].startswith(reason)
+
+    def test_the_quoted_header_form_finds_the_same_operation(self, as_alice, alice):
+        record = mine(alice, key="a,b")  # sent as Idempotency-Key: "a,b"
+        assert as_alice.get(by_key('"a,b"')).json()["id"] == str(record.pk)
+        plain = mine(alice, key="plain")
+        assert as_alice.get(by_key('"plain"')).json()["id"] == str(plain.pk)
+        assert as_alice.get(by_key("plain")).json()["id"] == str(plain.pk)
 
     def test_every_answer_is_no_store(self, as_alice, alice):
         record = mine(alice)
@@ -383,5 +432,13 @@ class TestAccepted:
 
 
 def test_expired_in_progress_record_is_gone(as_alice, alice):
-    record = mine(alice, expires_at=timezone.now() - timedelta(seconds=1))
+    past = timezone.now() - timedelta(seconds=1)
+    record = mine(alice, expires_at=past, locked_until=past)
     assert as_alice.get(by_id(record)).status_code == 404
+
+
+def test_expired_record_with_a_live_lease_is_still_in_progress(as_alice, alice):
+    """The engine's one rule: a live lease is never expired, so the client must not retry."""
+    record = mine(alice, expires_at=timezone.now() - timedelta(seconds=1))
+    body = as_alice.get(by_id(record)).json()
+    assert body["status"] == Status.IN_PROGRESS

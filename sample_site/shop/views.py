@@ -62,13 +62,15 @@ def create_order(request: HttpRequest) -> HttpResponse:
         return error(f"unknown item; choose one of {', '.join(sorted(PRICES))}", 400)
     if type(quantity) is not int or not 1 <= quantity <= 100:
         return error("quantity must be a whole number from 1 to 100", 400)
-    operation = getattr(request, "idempotency", None)  # absent when no key was sent
+    # Without a key the request runs unguarded: request.idempotency is then a stand-in
+    # (guarded False) that no status URL knows, so the order names no operation.
+    operation = request.idempotency  # type: ignore[attr-defined]
     order = Order.objects.create(
         customer=request.user if request.user.is_authenticated else None,
         item=item,
         quantity=quantity,
         amount=PRICES[item] * quantity,
-        operation=operation.id if operation else None,
+        operation=operation.id if operation.guarded else None,
     )
     response = JsonResponse(order_json(order), status=201)
     response["Location"] = reverse("order-detail", args=[order.pk])

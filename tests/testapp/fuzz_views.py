@@ -27,7 +27,6 @@ PRIVATE_HEADERS = {
     "Trailer": "X-Checksum",
     "Upgrade": "h2c",
     "Date": "Tue, 01 Jan 2030 00:00:00 GMT",
-    "Vary": "X-Private-Vary",
     "X-CSRFToken": "secret-csrf",
     "Authorization": "Bearer leaked",
 }
