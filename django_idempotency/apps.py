@@ -19,7 +19,9 @@ class IdempotencyConfig(AppConfig):
         register(checks.check_records_database, Tags.database)
         register(checks.check_atomic_requests, Tags.database)
         register(checks.check_autocommit, Tags.database)
+        register(checks.check_time_zone_tables, Tags.database)
         register(checks.check_urls, Tags.urls)
+        register(checks.check_guarded_views, Tags.urls)
         register(checks.check_drf, Tags.compatibility)
         signals.connect_logging()
         if apps.is_installed("drf_spectacular"):

@@ -20,21 +20,24 @@ id                            reported when
 ``django_idempotency.E011``   ``PURGE_GRACE`` is not a ``timedelta`` of zero or more
 ``django_idempotency.E012``   ``PROBLEM_BASE_URL`` is not a string
 ``django_idempotency.E013``   ``IdempotentMixin`` is used but ``rest_framework`` is not installed
+``django_idempotency.E014``   an ``atomic=False`` view runs inside ``ATOMIC_REQUESTS``
 ``django_idempotency.W001``   records live on another database than the models views write
 ``django_idempotency.W002``   ``IDEMPOTENCY`` has keys this version does not know
 ``django_idempotency.W003``   ``LEASE`` is shorter than 30 seconds
-``django_idempotency.W004``   ``TTL`` is not longer than ``LEASE``
+``django_idempotency.W004``   ``TTL`` is not longer than ``LEASE`` (globally or for one view)
 ``django_idempotency.W005``   ``django_idempotency.urls`` is not in the URLconf
 ``django_idempotency.W006``   ``AUTOCOMMIT`` is off for the records' database
+``django_idempotency.W007``   MySQL/MariaDB without time-zone tables and ``TIME_ZONE`` not UTC
 ``django_idempotency.I001``   ``ATOMIC_REQUESTS`` is on for the records' database
 ============================  ===============================================================
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -42,7 +45,7 @@ from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Info, Warning
 from django.db import connections, router
-from django.urls import NoReverseMatch, get_resolver, reverse
+from django.urls import NoReverseMatch, URLResolver, get_resolver, reverse
 from django.utils.module_loading import import_string
 
 from django_idempotency.conf import DEFAULTS
@@ -243,14 +246,39 @@ def _check_durations(user: Mapping[str, Any]) -> list[CheckMessage]:
     if isinstance(ttl, timedelta) and timedelta(0) < ttl <= lease:
         messages.append(
             Warning(
-                f"IDEMPOTENCY['TTL'] ({ttl}) is not longer than LEASE ({lease}): a record "
-                "can expire while its attempt still runs, and an expired record counts as "
-                "absent, so a retry would run the operation again.",
+                f"IDEMPOTENCY['TTL'] ({ttl}) is not longer than LEASE ({lease}): "
+                + TTL_NOT_OVER_LEASE,
                 hint="Keep TTL much longer than LEASE (defaults: 24 h and 90 s).",
                 id=PREFIX + "W004",
             )
         )
     return messages
+
+
+TTL_NOT_OVER_LEASE = (
+    "a crashed attempt's record expires before its lease ends, so the retry starts a "
+    "new operation instead of taking the crashed one over: an atomic=False view loses "
+    "its recovery point and derived keys, and its work outside the database may run twice."
+)
+
+
+def view_duration_problem(*, ttl: Any, lease: Any) -> str | None:
+    """Why a view's own ``ttl`` / ``lease`` cannot work, or ``None``.
+
+    The rules of E004, E005 and W004, refused where the view is decorated: a value the
+    view's author wrote next to the view is a bug there, not a deployment setting.
+    """
+    for name, value in (("ttl", ttl), ("lease", lease)):
+        message = None if value is None else VALIDATORS[name.upper()](value)
+        if message is not None:
+            text, hint, _number = message
+            return f"{name} {text} {hint}"
+    if ttl is not None and lease is not None and ttl <= lease:
+        return (
+            f"ttl ({ttl}) is not longer than lease ({lease}): {TTL_NOT_OVER_LEASE} "
+            "Keep ttl much longer than lease."
+        )
+    return None
 
 
 def check_records_database(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
@@ -294,12 +322,111 @@ def check_atomic_requests(app_configs: Any = None, **kwargs: Any) -> list[CheckM
             "Guarded views opt out of it there (like transaction.non_atomic_requests): "
             "the key's claim must commit on its own before the view runs, and the guard "
             "then wraps the view in its own transaction, so the view's writes still "
-            "commit or roll back together, with the stored response.",
+            "commit or roll back together, with the stored response. Where the opt-out "
+            "cannot reach the URL's view (method_decorator on a handler, @api_view above "
+            "@idempotent), the guard claims inside the request's transaction instead, as "
+            "single_transaction=True does.",
             hint="Nothing to do. Code that relies on the request-wide transaction outside "
             "the view (middleware writes) runs in autocommit for guarded views.",
             id=PREFIX + "I001",
         )
     ]
+
+
+def check_guarded_views(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E014 and W004 per guarded URL: what only the wiring of one view shows."""
+    from django_idempotency.conf import conf
+    from django_idempotency.engine import Mode, records_database
+
+    alias = records_database()
+    atomic_requests = alias in connections and connections.settings[alias].get("ATOMIC_REQUESTS")
+    messages: list[CheckMessage] = []
+    for route, callback, view in _guarded_views():
+        opted_out = alias in getattr(callback, "_non_atomic_requests", ())
+        if view.mode is Mode.NON_ATOMIC and atomic_requests and not opted_out:
+            messages.append(
+                Error(
+                    f"The atomic=False view at '{route}' runs inside ATOMIC_REQUESTS on "
+                    f"{alias!r}: its opt-out does not reach the URL's view (Django copies "
+                    "only dispatch's attributes, DRF's @api_view none of the function's). "
+                    "Its claim and checkpoints could not commit before it acts outside the "
+                    "database, so every keyed request would be refused.",
+                    hint="Put @idempotent above @api_view, decorate dispatch "
+                    '(method_decorator(idempotent(atomic=False), name="dispatch")), or wrap '
+                    "the URL's view in transaction.non_atomic_requests(using="
+                    f"{alias!r}).",
+                    obj=callback,
+                    id=PREFIX + "E014",
+                )
+            )
+        if view.ttl is None and view.lease is None:
+            continue
+        ttl, lease = view.ttl or conf.TTL, view.lease or conf.LEASE
+        if timedelta(0) < ttl <= lease:
+            messages.append(
+                Warning(
+                    f"The view at '{route}' keeps records for {ttl}, not longer than its "
+                    f"lease ({lease}): {TTL_NOT_OVER_LEASE}",
+                    hint="Give the view a ttl much longer than its lease.",
+                    obj=callback,
+                    id=PREFIX + "W004",
+                )
+            )
+    return messages
+
+
+def _guarded_views() -> Iterator[tuple[str, Any, Any]]:
+    """``(route, URL callback, guard)`` for every guarded view in the URLconf."""
+    if not getattr(settings, "ROOT_URLCONF", None):
+        return
+    try:
+        patterns = get_resolver().url_patterns
+    except Exception:  # reported by Django's own URL checks
+        return
+    yield from _walk(patterns, "")
+
+
+def _walk(patterns: Any, prefix: str) -> Iterator[tuple[str, Any, Any]]:
+    for entry in patterns:
+        route = prefix + str(entry.pattern)
+        if isinstance(entry, URLResolver):
+            yield from _walk(entry.url_patterns, route)
+            continue
+        for view in _guards_of(entry.callback):
+            yield route, entry.callback, view
+
+
+def _guards_of(callback: Any) -> list[Any]:
+    """The guards a URL's view runs: on the callback itself (``@idempotent`` on a function,
+    or above ``@api_view``), on a class-based view's handlers (``method_decorator``
+    copies it there), or on the function a handler calls (``@api_view``'s handler), and
+    the guard an ``IdempotentMixin`` class builds from its attributes."""
+    guard = getattr(callback, "idempotency_guard", None)
+    if guard is not None:
+        return [guard]
+    view_class = getattr(callback, "view_class", None) or getattr(callback, "cls", None)
+    if view_class is None:
+        return []
+    mixin_guard = getattr(view_class, "_class_guard", None)
+    if mixin_guard is not None:
+        return [mixin_guard()]
+    found = []
+    for name in getattr(view_class, "http_method_names", ()):
+        guard = _guard_in(getattr(view_class, name, None), depth=2)
+        if guard is not None and guard not in found:
+            found.append(guard)
+    return found
+
+
+def _guard_in(function: Any, depth: int) -> Any:
+    guard = getattr(function, "idempotency_guard", None)
+    if guard is not None or depth == 0 or not inspect.isfunction(function):
+        return guard
+    for value in inspect.getclosurevars(function).nonlocals.values():
+        guard = _guard_in(value, depth - 1)
+        if guard is not None:
+            return guard
+    return None
 
 
 def check_autocommit(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
@@ -385,3 +512,36 @@ def _subclasses(cls: type) -> set[type]:
         found.add(sub)
         found |= _subclasses(sub)
     return found
+
+
+def check_time_zone_tables(
+    app_configs: Any = None, databases: Collection[str] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W007: MySQL/MariaDB without time-zone tables cannot truncate dates in TIME_ZONE.
+
+    It asks the database, so it runs only for the databases named (``migrate``,
+    ``check --database``), like Django's own database checks.
+    """
+    from django_idempotency.engine import records_database
+
+    alias = records_database()
+    if not databases or alias not in databases or not apps.is_installed("django.contrib.admin"):
+        return []
+    from django_idempotency.admin import dates_truncate
+
+    zone = settings.TIME_ZONE or "UTC"
+    if dates_truncate(alias, zone):
+        return []
+    return [
+        Warning(
+            f"The database {alias!r} (MySQL/MariaDB) has no time-zone tables, so it "
+            f"cannot convert dates to TIME_ZONE {zone!r} (CONVERT_TZ() answers NULL). "
+            "The admin of idempotency records leaves its date drill-down out; a "
+            "drill-down in the URL still filters.",
+            hint="Load the tables into the server's mysql schema, then restart: "
+            "mariadb-tzinfo-to-sql /usr/share/zoneinfo | mariadb -u root mysql "
+            "(MariaDB) or mysql_tzinfo_to_sql /usr/share/zoneinfo | mysql -u root mysql "
+            "(MySQL).",
+            id=PREFIX + "W007",
+        )
+    ]
