@@ -524,13 +524,14 @@ def test_a_duplicate_waits_for_the_running_attempt_and_returns_its_result(
     workers: Workers, worker_database: WorkerDatabase, queue: str, tmp_path: Path
 ) -> None:
     """The duplicate's claim times out (``WAIT`` is 1 s; SQLite waits its 5 s timeout)
-    again and again while the original holds its transaction for 12 s. It is re-sent
-    to wait, more often than ``max_retries`` (1) would allow, and ends with the
-    original's stored result."""
+    again and again while the original holds its transaction (12 s on SQLite, 5 s
+    elsewhere: long enough for two timeouts). It is re-sent to wait, more often than
+    ``max_retries`` (1) would allow, and ends with the original's stored result."""
     workers.start(**WAITING_WORKER)
     workers.start(**WAITING_WORKER)
     marker = tmp_path / "slow.marker"
-    arguments = ["slow", 12, str(marker)]
+    hold = 12 if worker_database.sqlite_file is not None else 5
+    arguments = ["slow", hold, str(marker)]
     original = slow_order.apply_async(args=arguments, queue=queue)
     workers.wait_for(marker, "run")
     duplicate = slow_order.apply_async(args=arguments, queue=queue)
