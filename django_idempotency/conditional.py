@@ -38,15 +38,16 @@ from django.db import models, router, transaction
 from django.db.models import F
 from django.http import Http404, HttpResponse, HttpResponseBase
 
-from django_idempotency.responses import Problem
+from django_idempotency.problems import (
+    IF_MATCH_INVALID,
+    PRECONDITION_FAILED,
+    PRECONDITION_REQUIRED,
+    Problem,
+)
 
 V = TypeVar("V", bound=Callable[..., Any])
 EtagFunction = Callable[[Any], str]
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-PRECONDITION_REQUIRED = Problem("precondition-required", 428, "If-Match is required")
-PRECONDITION_FAILED = Problem("precondition-failed", 412, "The resource has changed")
-IF_MATCH_INVALID = Problem("if-match-invalid", 400, "If-Match is invalid")
 
 
 @dataclass(frozen=True)

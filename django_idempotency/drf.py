@@ -11,7 +11,11 @@ from collections.abc import Callable, Collection
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from django_idempotency import keys
+from django.core.exceptions import ImproperlyConfigured
+from django.db import router, transaction
+from django.http import Http404
+
+from django_idempotency import conditional, keys
 from django_idempotency.conf import conf
 from django_idempotency.guard import Guard, opt_out_of_atomic_requests, passthrough
 
@@ -200,8 +204,6 @@ class ConditionalUpdateMixin(_Base):  # type: ignore[misc]
     def get_etag(self, instance: Any) -> str:
         """The opaque ETag value (quoted on the wire); override for computed ETags."""
         if self.etag_version_field is None:
-            from django.core.exceptions import ImproperlyConfigured
-
             raise ImproperlyConfigured(
                 f"{type(self).__name__} sets etag_version_field = None: override get_etag()."
             )
@@ -215,8 +217,6 @@ class ConditionalUpdateMixin(_Base):  # type: ignore[misc]
         } and lookup in (getattr(self, "kwargs", None) or {})
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        from django_idempotency import conditional
-
         self._if_match: conditional.IfMatch | None = None
         self._etag_instance: Any = None
         conditional_request = self.is_conditional_request(request)
@@ -236,8 +236,6 @@ class ConditionalUpdateMixin(_Base):  # type: ignore[misc]
             )
 
     def get_object(self) -> Any:
-        from django_idempotency import conditional
-
         instance = super().get_object()
         if_match, self._if_match = getattr(self, "_if_match", None), None
         if if_match is not None:
@@ -250,8 +248,6 @@ class ConditionalUpdateMixin(_Base):  # type: ignore[misc]
                 etag=self.get_etag if self.etag_version_field is None else None,
             )
             if isinstance(outcome, conditional.Missing):
-                from django.http import Http404
-
                 raise Http404
             if self.etag_version_field is not None:
                 setattr(instance, self.etag_version_field, outcome.version)
@@ -264,8 +260,6 @@ class ConditionalUpdateMixin(_Base):  # type: ignore[misc]
         super().perform_update(serializer)
 
     def handle_exception(self, exc: Exception) -> HttpResponseBase:
-        from django_idempotency import conditional
-
         if isinstance(exc, conditional.PreconditionError):
             return exc.response()
         response: HttpResponseBase = super().handle_exception(exc)
@@ -282,21 +276,15 @@ class ConditionalUpdateMixin(_Base):  # type: ignore[misc]
             and request.method != "DELETE"
             and not response.has_header("ETag")
         ):
-            from django_idempotency.conditional import quote_etag
-
-            response["ETag"] = quote_etag(self.get_etag(instance))
+            response["ETag"] = conditional.quote_etag(self.get_etag(instance))
         return response
 
     def _in_transaction(self, handler: Callable[..., Any]) -> Callable[..., Any]:
-        from django.db import router, transaction
-
-        from django_idempotency.conditional import failed
-
         def conditional_handler(request: Request, *args: Any, **kwargs: Any) -> Any:
             database = router.db_for_write(self.get_queryset().model)
             with transaction.atomic(using=database):
                 response = handler(request, *args, **kwargs)
-                if failed(response):
+                if conditional.failed(response):
                     transaction.set_rollback(True, using=database)
             return response
 

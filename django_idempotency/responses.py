@@ -9,6 +9,7 @@ from typing import Any
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.urls import NoReverseMatch, reverse
 
+from django_idempotency import problems
 from django_idempotency.conf import conf
 from django_idempotency.engine import Stored
 from django_idempotency.models import IdempotencyRecord
@@ -42,54 +43,6 @@ NEVER_STORED = frozenset(
         "upgrade",
         "x-csrftoken",
     }
-)
-
-
-class Problem:
-    """One kind of failure: its own ``type`` URI, status and title."""
-
-    def __init__(self, slug: str, status: int, title: str) -> None:
-        self.slug = slug
-        self.status = status
-        self.title = title
-
-    def response(
-        self, detail: str, *, headers: dict[str, str] | None = None, **members: Any
-    ) -> HttpResponse:
-        body = {
-            "type": conf.PROBLEM_BASE_URL + self.slug,
-            "title": self.title,
-            "status": self.status,
-            "detail": detail,
-            **members,
-        }
-        response = HttpResponse(
-            json.dumps(body), status=self.status, content_type="application/problem+json"
-        )
-        response["Cache-Control"] = "no-store"
-        for name, value in (headers or {}).items():
-            response[name] = value
-        return response
-
-
-KEY_MISSING = Problem("idempotency-key-missing", 400, "Idempotency-Key is missing")
-KEY_INVALID = Problem("idempotency-key-invalid", 400, "Idempotency-Key is invalid")
-KEY_REUSED = Problem("idempotency-key-reused", 422, "Idempotency-Key is already used")
-IN_PROGRESS = Problem(
-    "idempotency-request-in-progress", 409, "A request is outstanding for this Idempotency-Key"
-)
-LOCK_CONFLICT = Problem(
-    "idempotency-lock-conflict", 409, "A concurrent request holds the lock for this Idempotency-Key"
-)
-LEASE_LOST = Problem(
-    "idempotency-lease-lost", 409, "This attempt was taken over by a retry of the same request"
-)
-BODY_TOO_LARGE = Problem(
-    "idempotency-body-too-large", 413, "The request body is too large to fingerprint"
-)
-UNAVAILABLE = Problem("idempotency-unavailable", 503, "The idempotency store is unavailable")
-NOT_STORED = Problem(
-    "idempotency-response-not-stored", 303, "The operation completed; its response was not stored"
 )
 
 
@@ -168,7 +121,7 @@ def _not_stored(record: IdempotencyRecord) -> HttpResponse:
     extra = (
         {"Location": location, REPLAYED_HEADER: "true"} if location else {REPLAYED_HEADER: "true"}
     )
-    return NOT_STORED.response(
+    return problems.NOT_STORED.response(
         f"The operation completed with status {record.response_status}, but its response "
         "was not stored (larger than MAX_RESPONSE_BYTES, or an asynchronous stream), so "
         "it cannot be replayed. See the Location header.",
@@ -194,7 +147,7 @@ def status_url(record: IdempotencyRecord) -> str | None:
 
 
 def in_progress(record: IdempotencyRecord, retry_after: int) -> HttpResponse:
-    return IN_PROGRESS.response(
+    return problems.IN_PROGRESS.response(
         "A request with the same Idempotency-Key for the same operation is being processed. "
         "Retry later with the same key.",
         headers={"Retry-After": str(retry_after)},
@@ -203,7 +156,7 @@ def in_progress(record: IdempotencyRecord, retry_after: int) -> HttpResponse:
 
 
 def mismatch(record: IdempotencyRecord) -> HttpResponse:
-    return KEY_REUSED.response(
+    return problems.KEY_REUSED.response(
         "This Idempotency-Key was already used with a different request (method, path or "
         "body). Idempotency keys must not be reused across different payloads."
     )
@@ -221,41 +174,36 @@ BUSY_NEXT_STEP = " Retry with the same Idempotency-Key to get the operation's ou
 
 
 def busy(reason: str, retry_after: int) -> HttpResponse:
-    problem = LEASE_LOST if reason == "lease_lost" else LOCK_CONFLICT
+    problem = problems.LEASE_LOST if reason == "lease_lost" else problems.LOCK_CONFLICT
     detail = BUSY_DETAIL["lease_lost" if reason == "lease_lost" else "lock"]
     return problem.response(detail + BUSY_NEXT_STEP, headers={"Retry-After": str(retry_after)})
 
 
 def unavailable() -> HttpResponse:
-    return UNAVAILABLE.response(
+    return problems.UNAVAILABLE.response(
         "The request was not processed. Retry later with the same Idempotency-Key.",
         headers={"Retry-After": "5"},
     )
 
 
 def too_large() -> HttpResponse:
-    return BODY_TOO_LARGE.response(
+    return problems.BODY_TOO_LARGE.response(
         "The request body is larger than DATA_UPLOAD_MAX_MEMORY_SIZE, so it cannot be "
         "compared with a retry's. Nothing was run; send a smaller body."
     )
 
 
 def missing_key() -> HttpResponse:
-    return KEY_MISSING.response(
+    return problems.KEY_MISSING.response(
         f"This operation requires an {conf.HEADER} header: send a unique key (a UUID) "
         "and reuse it when you retry."
     )
 
 
 def invalid_key(reason: str) -> HttpResponse:
-    return KEY_INVALID.response(
+    return problems.KEY_INVALID.response(
         f"{reason} An {conf.HEADER} is one string of 1-255 printable ASCII characters."
     )
-
-
-OPERATION_NOT_FOUND = Problem("operation-not-found", 404, "No such operation")
-OPERATION_METHOD_NOT_ALLOWED = Problem("method-not-allowed", 405, "Method not allowed")
-OPERATION_UNAUTHENTICATED = Problem("not-authenticated", 401, "Authentication failed")
 
 
 def accepted(operation: Any, data: Any = None, *, retry_after: int | None = None) -> HttpResponse:

@@ -28,7 +28,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from django_idempotency import engine, keys, responses
+from django_idempotency import engine, keys, problems, responses
 from django_idempotency.guard import opt_out_of_atomic_requests
 from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet, expired_at
 
@@ -63,7 +63,7 @@ def status_view(view: View) -> View:
             response = HttpResponse(status=204)
             response["Allow"] = ALLOW
         else:
-            response = responses.OPERATION_METHOD_NOT_ALLOWED.response(
+            response = problems.OPERATION_METHOD_NOT_ALLOWED.response(
                 f"The operation-status endpoint answers GET and HEAD, not {request.method}.",
                 headers={"Allow": ALLOW},
             )
@@ -98,7 +98,7 @@ def operation_by_key(request: HttpRequest) -> HttpResponse:
         return caller
     values = request.GET.getlist("key")
     if not values:
-        return responses.KEY_MISSING.response(
+        return problems.KEY_MISSING.response(
             "Name the operation with ?key=<the Idempotency-Key you sent>."
         )
     try:
@@ -118,7 +118,7 @@ def records() -> IdempotencyRecordQuerySet:
 def describe(candidates: IdempotencyRecordQuerySet) -> HttpResponse:
     found = candidates.exclude(expired_at(timezone.now())).values(*FIELDS).first()
     if found is None:
-        return responses.OPERATION_NOT_FOUND.response(NOT_FOUND_DETAIL)
+        return problems.OPERATION_NOT_FOUND.response(NOT_FOUND_DETAIL)
     found["id"] = str(found["id"])
     return JsonResponse(found)
 
@@ -150,7 +150,7 @@ def authenticated(request: HttpRequest) -> Any:
     except APIException as exc:
         challenges = [auth.authenticate_header(api_request) for auth in authenticators]
         challenge = next((header for header in challenges if header), None)
-        return responses.OPERATION_UNAUTHENTICATED.response(
+        return problems.OPERATION_UNAUTHENTICATED.response(
             str(exc.detail), headers={"WWW-Authenticate": challenge} if challenge else None
         )
     return api_request

@@ -1,4 +1,4 @@
-"""The HTTP contract of DESIGN.md section 5, row by row, through ``@idempotent``."""
+"""The HTTP contract of docs/design.md section 5, row by row, through ``@idempotent``."""
 
 from __future__ import annotations
 
@@ -596,7 +596,9 @@ def test_store_back_after_an_outage(post) -> None:
 
 
 def test_every_problem_has_its_own_type() -> None:
-    problems = [value for value in vars(responses).values() if isinstance(value, responses.Problem)]
+    from django_idempotency import problems as module
+
+    problems = [value for value in vars(module).values() if isinstance(value, module.Problem)]
     assert len(problems) >= 8
     assert len({problem.slug for problem in problems}) == len(problems)
 

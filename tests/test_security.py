@@ -107,7 +107,7 @@ class Principal:
         return post(self.client, url, key, body, **extra)
 
     def scope(self, url: str) -> str:
-        """The scope DESIGN.md promises this principal on this endpoint.
+        """The scope docs/design.md promises this principal on this endpoint.
 
         Tokens are DRF credentials: a plain Django view does not see them. The
         session-scoped view keeps anonymous visitors apart by their own session.
@@ -164,7 +164,7 @@ steps = st.lists(
 def test_no_principal_ever_gets_a_response_stored_for_another_scope(
     cast: list[Principal], steps: list[tuple[int, str, str, dict[str, str]]]
 ) -> None:
-    """A model of DESIGN.md: per (scope, key) the first request runs, the same request
+    """A model of docs/design.md: per (scope, key) the first request runs, the same request
     replays its answer, another request is 422; every answer names the asker's scope."""
     reset()
     seen: dict[tuple[str, str], tuple[str, dict[str, str], bytes]] = {}

@@ -80,7 +80,7 @@ def non_atomic(request: HttpRequest, rest: str = "") -> HttpResponse:
 
 @idempotent(atomic=False)
 def non_atomic_as_documented(request: HttpRequest) -> HttpResponse:
-    """Uses ``request.idempotency`` the way DESIGN.md section 4 shows it."""
+    """Uses ``request.idempotency`` the way docs/design.md section 4 shows it."""
     operation = request.idempotency  # type: ignore[attr-defined]
     response = _answer(request, _order(request))
     response["X-Derived-Key"] = operation.derived_key("charge")
