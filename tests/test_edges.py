@@ -295,3 +295,57 @@ def test_unguarded_request_has_no_operation_id(rf: Any) -> None:
     assert operation.guarded is False
     assert operation.id is None
     assert operation.derived_key("charge") != type(operation)().derived_key("charge")
+
+
+# A duplicate nested in a transaction that already read: it must see the first's record.
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_nested_duplicate_replays_although_its_transaction_read_before() -> None:
+    """Django runs MySQL/MariaDB in READ COMMITTED, so the record a nested duplicate
+    waited for is visible to its read. Under REPEATABLE READ the transaction's first
+    read would fix its snapshot, hide the record, and the claim would answer 409 instead
+    of replaying: this pins the isolation the nested claim relies on."""
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite serialises writers; there are no row locks to wait on")
+    import threading
+    import time
+
+    from django.test import RequestFactory
+
+    claimed = threading.Event()
+
+    @idempotent
+    def slow(request: Any) -> JsonResponse:
+        order = Order.objects.create(reference="nested")
+        claimed.set()
+        time.sleep(0.5)
+        return JsonResponse({"id": order.pk}, status=201)
+
+    def request() -> Any:
+        made = RequestFactory().post("/slow/", data="{}", content_type="application/json")
+        made.META["HTTP_IDEMPOTENCY_KEY"] = "k1"
+        return made
+
+    answers: list[Any] = []
+
+    def first() -> None:
+        try:
+            with transaction.atomic():
+                answers.append(slow(request()))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert claimed.wait(10)
+        with transaction.atomic():
+            list(Order.objects.filter(reference="other"))  # the snapshot starts here
+            duplicate = slow(request())
+    finally:
+        thread.join(10)
+    assert answers[0].status_code == 201
+    assert duplicate.status_code == 201, duplicate.content
+    assert duplicate["Idempotent-Replayed"] == "true"
+    assert Order.objects.filter(reference="nested").count() == 1
