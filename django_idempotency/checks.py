@@ -336,14 +336,14 @@ def check_atomic_requests(app_configs: Any = None, **kwargs: Any) -> list[CheckM
 def check_guarded_views(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """E014 and W004 per guarded URL: what only the wiring of one view shows."""
     from django_idempotency.conf import conf
-    from django_idempotency.engine import Mode, records_database
+    from django_idempotency.engine import records_database
 
     alias = records_database()
     atomic_requests = alias in connections and connections.settings[alias].get("ATOMIC_REQUESTS")
     messages: list[CheckMessage] = []
     for route, callback, view in _guarded_views():
         opted_out = alias in getattr(callback, "_non_atomic_requests", ())
-        if view.mode is Mode.NON_ATOMIC and atomic_requests and not opted_out:
+        if not view.mode.atomic and atomic_requests and not opted_out:
             messages.append(
                 Error(
                     f"The atomic=False view at '{route}' runs inside ATOMIC_REQUESTS on "

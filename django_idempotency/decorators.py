@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Collection
-from datetime import timedelta
-from typing import Any, TypeVar, overload
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from asgiref.sync import async_to_sync, iscoroutinefunction
 
-from django_idempotency.guard import Guard, KeyFunction, opt_out_of_atomic_requests, passthrough
+from django_idempotency.guard import Guard, GuardOptions, opt_out_of_atomic_requests, passthrough
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 V = TypeVar("V", bound=Callable[..., Any])
 
@@ -19,34 +21,10 @@ def idempotent(view: V) -> V: ...
 
 
 @overload
-def idempotent(
-    view: None = None,
-    *,
-    required: bool | None = None,
-    atomic: bool = True,
-    single_transaction: bool = False,
-    key: KeyFunction | None = None,
-    fingerprint: Callable[[Any], str] | None = None,
-    scope: Callable[[Any], str] | None = None,
-    ttl: timedelta | None = None,
-    lease: timedelta | None = None,
-    methods: Collection[str] | None = None,
-) -> Callable[[V], V]: ...
+def idempotent(view: None = None, **options: Unpack[GuardOptions]) -> Callable[[V], V]: ...
 
 
-def idempotent(
-    view: V | None = None,
-    *,
-    required: bool | None = None,
-    atomic: bool = True,
-    single_transaction: bool = False,
-    key: KeyFunction | None = None,
-    fingerprint: Callable[[Any], str] | None = None,
-    scope: Callable[[Any], str] | None = None,
-    ttl: timedelta | None = None,
-    lease: timedelta | None = None,
-    methods: Collection[str] | None = None,
-) -> V | Callable[[V], V]:
+def idempotent(view: V | None = None, **options: Unpack[GuardOptions]) -> V | Callable[[V], V]:
     """Run the view once per (scope, key); replay its response to every retry.
 
     Usable bare (``@idempotent``) or with arguments. The view is opted out of
@@ -54,18 +32,10 @@ def idempotent(
     itself, and the claim must commit before the view starts. On a DRF view (above
     ``@api_view``) it guards from inside DRF, after authentication, like
     ``IdempotentMixin``; below ``@api_view`` it gets DRF's authenticated request anyway.
+    The options are ``GuardOptions``, typed once for the decorator, the guard and the
+    DRF mixin.
     """
-    guard = Guard(
-        required=required,
-        atomic=atomic,
-        single_transaction=single_transaction,
-        key=key,
-        fingerprint=fingerprint,
-        scope=scope,
-        ttl=ttl,
-        lease=lease,
-        methods=methods,
-    )
+    guard = Guard(**options)
 
     def decorate(view: V) -> V:
         if isinstance(getattr(view, "cls", None), type) and hasattr(view, "initkwargs"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import router, transaction
@@ -17,7 +17,7 @@ from django.http import Http404
 
 from django_idempotency import conditional, keys
 from django_idempotency.conf import conf
-from django_idempotency.guard import Guard, opt_out_of_atomic_requests, passthrough
+from django_idempotency.guard import Guard, GuardOptions, opt_out_of_atomic_requests, passthrough
 
 if TYPE_CHECKING:
     from django.http import HttpResponseBase
@@ -54,13 +54,18 @@ class IdempotentMixin(_Base):  # type: ignore[misc]
     @classmethod
     def _class_guard(cls) -> Guard:
         """The guard the class attributes describe (the system checks read it)."""
-        return cls._decorator_guard or Guard(
-            required=cls.idempotency_required,
-            atomic=cls.idempotency_atomic,
-            single_transaction=cls.idempotency_single_transaction,
-            ttl=cls.idempotency_ttl,
-            lease=cls.idempotency_lease,
-        )
+        return cls._decorator_guard or Guard(**cls._class_options())
+
+    @classmethod
+    def _class_options(cls) -> GuardOptions:
+        """Every ``idempotency_<option>`` attribute the mixin declares, as that option:
+        a new guard option needs only its attribute here."""
+        options = {
+            name: getattr(cls, f"idempotency_{name}")
+            for name in GuardOptions.__optional_keys__
+            if f"idempotency_{name}" in vars(IdempotentMixin)
+        }
+        return cast(GuardOptions, options)
 
     @classmethod
     def as_view(cls, *args: Any, **initkwargs: Any) -> Callable[..., HttpResponseBase]:
@@ -102,16 +107,11 @@ class IdempotentMixin(_Base):  # type: ignore[misc]
     def get_idempotency_guard(self) -> Guard:
         if self._decorator_guard is not None:
             return self._decorator_guard
-        return Guard(
-            required=self.idempotency_required,
-            atomic=self.idempotency_atomic,
-            single_transaction=self.idempotency_single_transaction,
-            key=self.get_idempotency_key,
-            fingerprint=self.get_idempotency_fingerprint,
-            scope=self.get_idempotency_scope,
-            ttl=self.idempotency_ttl,
-            lease=self.idempotency_lease,
-        )
+        options = self._class_options()
+        options["key"] = self.get_idempotency_key
+        options["fingerprint"] = self.get_idempotency_fingerprint
+        options["scope"] = self.get_idempotency_scope
+        return Guard(**options)
 
     def _unguarded(self, handler: Callable[..., Any]) -> Callable[..., Any]:
         def unguarded(request: Request, *args: Any, **kwargs: Any) -> Any:

@@ -10,71 +10,74 @@ import asyncio
 import time
 from collections.abc import Callable, Collection
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
 from django.db import connections, transaction
 from django.http import HttpResponseBase
 
-from django_idempotency import checks, engine, keys, responses
+from django_idempotency import checks, engine, keys, operation, responses
 from django_idempotency.conf import conf
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 KeyFunction = Callable[[Any], "str | None"]
 FIRST_POLL = 0.05
 T = TypeVar("T")
 
 
+class GuardOptions(TypedDict, total=False):
+    """The options of ``@idempotent`` and ``Guard``, in one place for both.
+
+    Every option has a default (docs/reference/api.md), so none is required. The DRF
+    mixin sets those that are not hooks as ``idempotency_<option>`` attributes.
+    """
+
+    required: bool | None
+    atomic: bool
+    single_transaction: bool
+    key: KeyFunction | None
+    fingerprint: Callable[[Any], str] | None
+    scope: Callable[[Any], str] | None
+    ttl: timedelta | None
+    lease: timedelta | None
+    methods: Collection[str] | None
+
+
 class Guard:
-    def __init__(
-        self,
-        *,
-        required: bool | None = None,
-        atomic: bool = True,
-        single_transaction: bool = False,
-        key: KeyFunction | None = None,
-        fingerprint: Callable[[Any], str] | None = None,
-        scope: Callable[[Any], str] | None = None,
-        ttl: timedelta | None = None,
-        lease: timedelta | None = None,
-        methods: Collection[str] | None = None,
-    ) -> None:
-        if single_transaction and not atomic:
-            raise ImproperlyConfigured(
-                "single_transaction=True runs the view inside the claim's transaction; "
-                "it cannot be combined with atomic=False."
-            )
+    def __init__(self, **options: Unpack[GuardOptions]) -> None:
+        unknown = sorted(options.keys() - GuardOptions.__optional_keys__)
+        if unknown:
+            raise TypeError(f"Unknown idempotency option(s): {', '.join(unknown)}.")
+        self.mode = _mode_of(options)
+        ttl, lease = options.get("ttl"), options.get("lease")
         problem = checks.view_duration_problem(ttl=ttl, lease=lease)
         if problem is not None:
             raise ImproperlyConfigured(problem)
-        self.required = required
-        self.mode = (
-            engine.Mode.SINGLE_TRANSACTION
-            if single_transaction
-            else engine.Mode.TWO_PHASE
-            if atomic
-            else engine.Mode.NON_ATOMIC
-        )
-        self.key = key
-        self.fingerprint = fingerprint or keys.fingerprint
-        self.scope = scope
+        self.required = options.get("required")
+        self.key = options.get("key")
+        self.fingerprint = options.get("fingerprint") or keys.fingerprint
+        self.scope = options.get("scope")
         self.ttl = ttl
         self.lease = lease
+        methods = options.get("methods")
         self.methods = frozenset(m.upper() for m in methods) if methods is not None else None
 
     def applies(self, request: Any) -> bool:
         methods = self.methods if self.methods is not None else conf.METHODS
         return request.method in methods
 
-    def policy(self) -> engine.Policy:
-        return engine.Policy(
+    def policy(self) -> operation.Policy:
+        return operation.Policy(
             mode=self.mode,
             lease=self.lease or conf.LEASE,
             ttl=self.ttl or conf.TTL,
             wait=conf.WAIT,
         )
 
-    def intent(self, request: Any) -> engine.Intent | HttpResponseBase | None:
+    def intent(self, request: Any) -> operation.Intent | HttpResponseBase | None:
         """The request's intent; a 400 response for a bad key; ``None`` to pass through."""
         try:
             if self.key is not None:
@@ -86,7 +89,7 @@ class Guard:
             if key is None:
                 required = conf.REQUIRED if self.required is None else self.required
                 return responses.missing_key() if required else None
-            return engine.Intent(
+            return operation.Intent(
                 scope=keys.compute_scope(request, self.scope),
                 key=key,
                 fingerprint=keys.fit_fingerprint(self.fingerprint(request)),
@@ -110,7 +113,7 @@ class Guard:
         while True:
             outcome = self._execute(request, intent, policy, view)
             remaining = deadline - time.monotonic()
-            if not isinstance(outcome, engine.InProgress) or remaining <= 0:
+            if not isinstance(outcome, operation.InProgress) or remaining <= 0:
                 return self.respond(outcome)
             time.sleep(min(pause, remaining))
             pause *= 2
@@ -133,7 +136,7 @@ class Guard:
         while True:
             outcome = await execute(request, intent, policy, view)
             remaining = deadline - time.monotonic()
-            if not isinstance(outcome, engine.InProgress) or remaining <= 0:
+            if not isinstance(outcome, operation.InProgress) or remaining <= 0:
                 return self.respond(outcome)
             await asyncio.sleep(min(pause, remaining))
             pause *= 2
@@ -141,31 +144,44 @@ class Guard:
     def _execute(
         self,
         request: Any,
-        intent: engine.Intent,
-        policy: engine.Policy,
+        intent: operation.Intent,
+        policy: operation.Policy,
         view: Callable[[], HttpResponseBase],
-    ) -> engine.Outcome[HttpResponseBase]:
-        def work(operation: engine.Operation) -> HttpResponseBase:
-            request.idempotency = operation
+    ) -> operation.Outcome[HttpResponseBase]:
+        def work(current: operation.Operation) -> HttpResponseBase:
+            request.idempotency = current
             django_request = getattr(request, "_request", None)
             if django_request is not None:
-                django_request.idempotency = operation
+                django_request.idempotency = current
             return view()
 
         return engine.execute(intent, policy, work, responses.capture)
 
-    def respond(self, outcome: engine.Outcome[HttpResponseBase]) -> HttpResponseBase:
-        if isinstance(outcome, engine.Executed):
+    def respond(self, outcome: operation.Outcome[HttpResponseBase]) -> HttpResponseBase:
+        if isinstance(outcome, operation.Executed):
             return outcome.value
-        if isinstance(outcome, engine.Replay):
+        if isinstance(outcome, operation.Replay):
             return responses.replay(outcome.record)
-        if isinstance(outcome, engine.InProgress):
+        if isinstance(outcome, operation.InProgress):
             return responses.in_progress(outcome.record, outcome.retry_after)
-        if isinstance(outcome, engine.Mismatch):
+        if isinstance(outcome, operation.Mismatch):
             return responses.mismatch(outcome.record)
-        if isinstance(outcome, engine.Busy):
+        if isinstance(outcome, operation.Busy):
             return responses.busy(outcome.reason, outcome.retry_after)
         return responses.unavailable()
+
+
+def _mode_of(options: GuardOptions) -> engine.Mode:
+    """The engine's mode the options choose (adding a mode adds its option here)."""
+    atomic = options.get("atomic", True)
+    if options.get("single_transaction", False):
+        if not atomic:
+            raise ImproperlyConfigured(
+                "single_transaction=True runs the view inside the claim's transaction; "
+                "it cannot be combined with atomic=False."
+            )
+        return engine.Mode.SINGLE_TRANSACTION
+    return engine.Mode.TWO_PHASE if atomic else engine.Mode.NON_ATOMIC
 
 
 def passthrough(request: Any, view: Callable[[], T]) -> T:
@@ -176,7 +192,7 @@ def passthrough(request: Any, view: Callable[[], T]) -> T:
     required) must not lose the transaction the project asked for, unless the project
     itself marked the view ``non_atomic_requests``.
     """
-    request.idempotency = engine.Unguarded()
+    request.idempotency = operation.Unguarded()
     alias = engine.records_database()
     connection = connections[alias]
     if (

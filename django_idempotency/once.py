@@ -58,10 +58,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
 from django_idempotency.conf import conf
 from django_idempotency.keys import InvalidKey, digest, fit_key, fit_scope
+
+if TYPE_CHECKING:
+    from django_idempotency.engine import Attempt
+    from django_idempotency.operation import NotRun
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NO_PAYLOAD = object()
@@ -78,11 +82,11 @@ class KeyReused(OnceError):
 class Busy(OnceError):
     """Another delivery of the same message holds the key, or a lock wait timed out.
 
-    Nothing ran and nothing was committed: retry the message after ``retry_after``
-    seconds (nack / do not delete it). ``reason`` is ``"in_progress"`` when a committed
-    attempt holds a live lease (``retry_after`` is then the time left on it), and
-    ``"lock"`` or ``"contended"`` when the claim gave up waiting on another delivery's
-    open transaction.
+    Nothing was committed: retry the message after ``retry_after`` seconds (nack / do
+    not delete it). ``reason`` is ``"in_progress"`` when a committed attempt holds a
+    live lease (``retry_after`` is then the time left on it), and ``"lock"`` or
+    ``"contended"`` when the claim, the block's writes or storing its result gave up
+    waiting on another transaction (a lock timeout, or chosen as a deadlock victim).
     """
 
     def __init__(self, message: str, retry_after: int = 1, reason: str = "lock") -> None:
@@ -131,7 +135,7 @@ class Once:
         self.payload = payload
         self.ttl = ttl
         self.lease = lease
-        self._block: Any = None
+        self._attempt: Attempt | None = None
         self._run: Run | None = None
 
     def __call__(self, function: Any) -> Any:
@@ -141,75 +145,89 @@ class Once:
         )
 
     def __enter__(self) -> Run:
-        from django_idempotency import engine
+        from django_idempotency import engine, operation
 
-        intent = engine.Intent(
+        intent = operation.Intent(
             scope=self.scope, key=self.key, fingerprint=_fingerprint(self.payload)
         )
-        policy = engine.Policy(
+        policy = operation.Policy(
             mode=engine.Mode.SINGLE_TRANSACTION,
             lease=self.lease or conf.LEASE,
             ttl=self.ttl or conf.TTL,
             wait=conf.WAIT,
         )
-        block = engine.Block(intent, policy)
-        outcome = block.__enter__()
-        if isinstance(outcome, engine.Claimed):
-            self._block = block
-            self._run = Run(self.key, self.scope, first=True, id=outcome.operation.id)
-            return self._run
-        block.__exit__(None, None, None)
-        if isinstance(outcome, engine.Replay):
-            body = outcome.record.response_body
+        attempt = engine.Attempt(intent, policy)
+        started = attempt.begin()
+        if isinstance(started, operation.Replay):
+            body = started.record.response_body
             result = json.loads(bytes(body)) if body is not None else None
-            return Run(self.key, self.scope, first=False, id=outcome.record.pk, result=result)
-        if isinstance(outcome, engine.Mismatch):
-            raise KeyReused(
-                f"Key {self.key!r} in scope {self.scope!r} was already used with a "
-                "different payload."
-            )
-        if isinstance(outcome, engine.InProgress):
-            raise Busy(
-                f"Key {self.key!r} in scope {self.scope!r} is being processed.",
-                outcome.retry_after,
-                reason="in_progress",
-            )
-        if isinstance(outcome, engine.Busy):
-            raise Busy(
-                f"Key {self.key!r} in scope {self.scope!r}: {outcome.reason}; nothing ran.",
-                outcome.retry_after,
-                reason=outcome.reason,
-            )
-        assert isinstance(outcome, engine.Unavailable)
-        raise Unavailable("The idempotency store is unavailable.") from outcome.error
+            return Run(self.key, self.scope, first=False, id=started.record.pk, result=result)
+        if not isinstance(started, operation.Operation):
+            self._refuse(started)
+        self._attempt = attempt
+        self._run = Run(self.key, self.scope, first=True, id=started.id)
+        return self._run
 
     def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
-        from django_idempotency import engine
+        """Commit the block's writes with its result, through the engine's one ladder.
 
-        block, self._block = self._block, None
+        A failure the engine answers (a lock conflict, the store failing) is raised as
+        ``Busy`` or ``Unavailable`` from its cause; any other error of the block
+        propagates as it is, after the rollback.
+        """
+        from django_idempotency import operation
+
+        attempt, self._attempt = self._attempt, None
         run, self._run = self._run, None
-        if block is None or run is None:
+        if attempt is None or run is None:
             return
-        if exc is None:
-            try:
-                body = json.dumps(run.result, allow_nan=False).encode()
-            except (TypeError, ValueError) as error:
-                block.__exit__(type(error), error, error.__traceback__)
-                raise TypeError(
-                    f"once: run.result must be JSON (dict, list, str, number, bool, None), "
-                    f"got {type(run.result).__name__}; nothing was committed."
-                ) from error
-            if len(body) > conf.MAX_RESPONSE_BYTES:
-                too_large = ValueError(
-                    f"once: run.result is {len(body)} bytes, over MAX_RESPONSE_BYTES; "
-                    "store an id instead of the data. Nothing was committed."
-                )
-                block.__exit__(ValueError, too_large, None)
-                raise too_large
-            block.stored = engine.Stored(
-                status=200, headers={"Content-Type": "application/json"}, body=body
+        if exc is not None:
+            failed = attempt.fail(exc)
+            if failed is not None:
+                self._refuse(failed, exc, ran=True)
+            return
+        try:
+            body = json.dumps(run.result, allow_nan=False).encode()
+        except (TypeError, ValueError) as error:
+            attempt.fail(error)
+            raise TypeError(
+                f"once: run.result must be JSON (dict, list, str, number, bool, None), "
+                f"got {type(run.result).__name__}; nothing was committed."
+            ) from error
+        if len(body) > conf.MAX_RESPONSE_BYTES:
+            too_large = ValueError(
+                f"once: run.result is {len(body)} bytes, over MAX_RESPONSE_BYTES; "
+                "store an id instead of the data. Nothing was committed."
             )
-        block.__exit__(exc_type, exc, traceback)
+            attempt.fail(too_large)
+            raise too_large
+        stored = operation.Stored(
+            status=200, headers={"Content-Type": "application/json"}, body=body
+        )
+        finished = attempt.finish(None, stored)
+        if not isinstance(finished, operation.Executed):
+            self._refuse(finished, ran=True)
+
+    def _refuse(
+        self, outcome: NotRun, cause: BaseException | None = None, *, ran: bool = False
+    ) -> NoReturn:
+        """Tell the caller why the block must not run, or why its work did not commit."""
+        from django_idempotency import operation
+
+        where = f"Key {self.key!r} in scope {self.scope!r}"
+        if isinstance(outcome, operation.Mismatch):
+            raise KeyReused(f"{where} was already used with a different payload.")
+        if isinstance(outcome, operation.InProgress):
+            raise Busy(f"{where} is being processed.", outcome.retry_after, reason="in_progress")
+        if isinstance(outcome, operation.Busy):
+            undone = "nothing was committed" if ran else "nothing ran"
+            raise Busy(
+                f"{where}: {outcome.reason}; {undone}.",
+                outcome.retry_after,
+                reason=outcome.reason,
+            ) from cause
+        assert isinstance(outcome, operation.Unavailable), outcome
+        raise Unavailable("The idempotency store is unavailable.") from outcome.error
 
 
 @overload

@@ -11,8 +11,8 @@ from django.urls import NoReverseMatch, reverse
 
 from django_idempotency import problems
 from django_idempotency.conf import conf
-from django_idempotency.engine import Stored
 from django_idempotency.models import IdempotencyRecord
+from django_idempotency.operation import Stored
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 STORED_HEADERS = frozenset(

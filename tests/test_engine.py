@@ -1,4 +1,4 @@
-"""``engine.execute`` without HTTP: the state machine of DESIGN.md section 3, per mode.
+"""``engine.execute`` without HTTP: the state machine of docs/design.md (3, 4), per mode.
 
 Real commits (``transaction=True``): the two-phase claim commits on its own, and a
 release after a rollback must really delete.
@@ -11,10 +11,26 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import IntegrityError, OperationalError, connections, transaction
 from django.utils import timezone
 
 from django_idempotency import engine, signals
-from django_idempotency.models import IdempotencyRecord, Status
+from django_idempotency.decorators import idempotent
+from django_idempotency.guard import Guard, GuardOptions
+from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet, Status
+from django_idempotency.operation import (
+    Busy,
+    Executed,
+    InProgress,
+    Intent,
+    Mismatch,
+    Operation,
+    Policy,
+    Replay,
+    Stored,
+    Unavailable,
+)
+from tests.conftest import needs_drf
 from tests.factories import IdempotencyRecordFactory
 from tests.testapp.models import Order
 
@@ -24,21 +40,21 @@ MODES = [engine.Mode.TWO_PHASE, engine.Mode.SINGLE_TRANSACTION, engine.Mode.NON_
 TRANSACTIONAL = [engine.Mode.TWO_PHASE, engine.Mode.SINGLE_TRANSACTION]
 
 
-def intent(key: str = "k1", fingerprint: str = "f" * 64, scope: str = "s") -> engine.Intent:
-    return engine.Intent(scope=scope, key=key, fingerprint=fingerprint, method="POST", route="/x/")
+def intent(key: str = "k1", fingerprint: str = "f" * 64, scope: str = "s") -> Intent:
+    return Intent(scope=scope, key=key, fingerprint=fingerprint, method="POST", route="/x/")
 
 
-def policy(mode: engine.Mode = engine.Mode.TWO_PHASE, **kwargs: Any) -> engine.Policy:
+def policy(mode: engine.Mode = engine.Mode.TWO_PHASE, **kwargs: Any) -> Policy:
     values: dict[str, Any] = {"lease": timedelta(seconds=90), "ttl": timedelta(hours=1)}
     values.update(kwargs)
-    return engine.Policy(mode=mode, **values)
+    return Policy(mode=mode, **values)
 
 
-def store(value: Any) -> engine.Stored | None:
+def store(value: Any) -> Stored | None:
     """The capture function: store ``value`` unless the work says it failed."""
     if value == "failed":
         return None
-    return engine.Stored(status=201, headers={"X-Value": str(value)}, body=str(value).encode())
+    return Stored(status=201, headers={"X-Value": str(value)}, body=str(value).encode())
 
 
 class Work:
@@ -48,9 +64,9 @@ class Work:
         self.calls = 0
         self.result = result
         self.action = action
-        self.operations: list[engine.Operation] = []
+        self.operations: list[Operation] = []
 
-    def __call__(self, operation: engine.Operation) -> Any:
+    def __call__(self, operation: Operation) -> Any:
         self.calls += 1
         self.operations.append(operation)
         Order.objects.create(reference=f"{operation.key}:{operation.attempt}")
@@ -67,7 +83,7 @@ def run(work: Work, mode=engine.Mode.TWO_PHASE, **kwargs: Any) -> Any:
 def test_first_run_stores_the_result(mode) -> None:
     work = Work()
     outcome = run(work, mode)
-    assert isinstance(outcome, engine.Executed)
+    assert isinstance(outcome, Executed)
     assert outcome.value == "done"
     record = IdempotencyRecord.objects.get()
     assert outcome.record is not None and outcome.record.pk == record.pk
@@ -84,7 +100,7 @@ def test_second_run_replays_without_working(mode) -> None:
     first = run(Work(), mode)
     work = Work()
     outcome = run(work, mode)
-    assert isinstance(outcome, engine.Replay)
+    assert isinstance(outcome, Replay)
     assert outcome.record.pk == first.record.pk
     assert work.calls == 0
     assert Order.objects.count() == 1
@@ -95,7 +111,7 @@ def test_other_fingerprint_is_a_mismatch(mode) -> None:
     run(Work(), mode)
     work = Work()
     outcome = run(work, mode, intent=intent(fingerprint="g" * 64))
-    assert isinstance(outcome, engine.Mismatch)
+    assert isinstance(outcome, Mismatch)
     assert work.calls == 0
 
 
@@ -103,7 +119,7 @@ def test_other_fingerprint_is_a_mismatch(mode) -> None:
 def test_other_scope_is_another_operation(mode) -> None:
     run(Work(), mode)
     outcome = run(Work(), mode, intent=intent(scope="other"))
-    assert isinstance(outcome, engine.Executed)
+    assert isinstance(outcome, Executed)
     assert IdempotencyRecord.objects.count() == 2
 
 
@@ -117,7 +133,7 @@ def test_live_lease_is_in_progress(mode) -> None:
     )
     work = Work()
     outcome = run(work, mode, wait=timedelta(milliseconds=100))
-    assert isinstance(outcome, engine.InProgress)
+    assert isinstance(outcome, InProgress)
     assert outcome.record.pk == record.pk
     assert 1 <= outcome.retry_after <= 42
     assert work.calls == 0
@@ -127,7 +143,7 @@ def test_live_lease_is_in_progress(mode) -> None:
 def test_expired_record_is_discarded(mode) -> None:
     old = IdempotencyRecordFactory(expired=True, scope="s", key="k1", fingerprint="x" * 64)
     outcome = run(Work(), mode)
-    assert isinstance(outcome, engine.Executed)
+    assert isinstance(outcome, Executed)
     record = IdempotencyRecord.objects.get()
     assert record.pk != old.pk
     assert record.fingerprint == "f" * 64
@@ -140,7 +156,7 @@ def test_dead_lease_is_taken_over(mode) -> None:
     )
     work = Work()
     outcome = run(work, mode)
-    assert isinstance(outcome, engine.Executed)
+    assert isinstance(outcome, Executed)
     operation = work.operations[0]
     assert operation.id == stuck.pk
     assert operation.attempt == 2
@@ -153,18 +169,18 @@ def test_dead_lease_is_taken_over(mode) -> None:
 @pytest.mark.parametrize("mode", TRANSACTIONAL)
 def test_failed_capture_rolls_back_and_releases(mode) -> None:
     outcome = run(Work(result="failed"), mode)
-    assert isinstance(outcome, engine.Executed)
+    assert isinstance(outcome, Executed)
     assert outcome.value == "failed"
     assert outcome.record is None
     assert Order.objects.count() == 0
     assert IdempotencyRecord.objects.count() == 0
-    assert isinstance(run(Work(), mode), engine.Executed)
+    assert isinstance(run(Work(), mode), Executed)
     assert Order.objects.count() == 1
 
 
 @pytest.mark.parametrize("mode", TRANSACTIONAL)
 def test_exception_rolls_back_releases_and_propagates(mode) -> None:
-    def explode(operation: engine.Operation) -> None:
+    def explode(operation: Operation) -> None:
         raise KeyError("boom")
 
     with pytest.raises(KeyError):
@@ -177,7 +193,7 @@ def test_non_atomic_failure_keeps_the_operation_for_the_retry() -> None:
     """Work outside the database may have happened: the retry continues the same
     operation (same id, same derived keys) from its recovery point."""
 
-    def charge_then_crash(operation: engine.Operation) -> None:
+    def charge_then_crash(operation: Operation) -> None:
         operation.checkpoint("charged")
         raise ConnectionError("provider timed out")
 
@@ -192,7 +208,7 @@ def test_non_atomic_failure_keeps_the_operation_for_the_retry() -> None:
 
     retry = Work()
     outcome = run(retry, engine.Mode.NON_ATOMIC)
-    assert isinstance(outcome, engine.Executed)
+    assert isinstance(outcome, Executed)
     assert retry.operations[0].id == first.operations[0].id
     assert retry.operations[0].attempt == 2
     assert retry.operations[0].recovery_point == "charged"
@@ -203,23 +219,23 @@ def test_non_atomic_failure_keeps_the_operation_for_the_retry() -> None:
 def test_non_atomic_failed_capture_keeps_the_operation() -> None:
     first = Work(result="failed")
     outcome = run(first, engine.Mode.NON_ATOMIC)
-    assert isinstance(outcome, engine.Executed)
+    assert isinstance(outcome, Executed)
     assert outcome.record is None
     record = IdempotencyRecord.objects.get()
     assert record.status == Status.IN_PROGRESS
     assert not record.lease_is_live()
     retry = Work()
-    assert isinstance(run(retry, engine.Mode.NON_ATOMIC), engine.Executed)
+    assert isinstance(run(retry, engine.Mode.NON_ATOMIC), Executed)
     assert retry.operations[0].id == first.operations[0].id
 
 
-def _steal_lease(operation: engine.Operation) -> None:
+def _steal_lease(operation: Operation) -> None:
     IdempotencyRecord.objects.filter(pk=operation.id).update(lease_token=uuid.uuid4())
 
 
 def test_two_phase_fencing_rolls_back_when_the_lease_is_lost() -> None:
     outcome = run(Work(action=_steal_lease))
-    assert isinstance(outcome, engine.Busy)
+    assert isinstance(outcome, Busy)
     assert outcome.reason == "lease_lost"
     assert outcome.retry_after >= 1
     assert Order.objects.count() == 0  # nothing committed twice
@@ -228,7 +244,7 @@ def test_two_phase_fencing_rolls_back_when_the_lease_is_lost() -> None:
 
 def test_non_atomic_finalize_is_fenced_too() -> None:
     outcome = run(Work(action=_steal_lease), engine.Mode.NON_ATOMIC)
-    assert isinstance(outcome, engine.Busy)
+    assert isinstance(outcome, Busy)
     assert outcome.reason == "lease_lost"
     assert IdempotencyRecord.objects.get().status == Status.IN_PROGRESS
 
@@ -236,13 +252,13 @@ def test_non_atomic_finalize_is_fenced_too() -> None:
 def test_checkpoint_after_losing_the_lease_stops_the_work() -> None:
     reached = []
 
-    def steal_then_checkpoint(operation: engine.Operation) -> None:
+    def steal_then_checkpoint(operation: Operation) -> None:
         _steal_lease(operation)
         operation.checkpoint("step-2")
         reached.append(True)
 
     outcome = run(Work(action=steal_then_checkpoint), engine.Mode.NON_ATOMIC)
-    assert isinstance(outcome, engine.Busy)
+    assert isinstance(outcome, Busy)
     assert reached == []
     assert IdempotencyRecord.objects.get().recovery_point == ""
 
@@ -323,10 +339,223 @@ def test_no_completed_signal_for_a_failed_attempt(received) -> None:
 @pytest.mark.parametrize("mode", [engine.Mode.TWO_PHASE, engine.Mode.NON_ATOMIC])
 def test_autocommit_off_is_refused_before_any_claim(monkeypatch, mode) -> None:
     """With AUTOCOMMIT off nothing would commit the claim: refuse (check W006 warns)."""
-    from django.db import connection
-
-    monkeypatch.setattr(connection, "get_autocommit", lambda: False)
+    monkeypatch.setattr(connections["default"], "get_autocommit", lambda: False)
     work = Work()
     with pytest.raises(RuntimeError, match="Autocommit is off"):
         engine.execute(intent(), policy(mode), work, store)
     assert work.calls == 0 and not IdempotencyRecord.objects.exists()
+
+
+# The failure ladder: every mode and both runners (a callable, a ``once`` block) take
+# the same one. A failure at each step, of each kind, must end in the same outcome and
+# leave the same trace as every other way of running.
+
+LOCKED = "database is locked"  # a lock conflict on every backend (errors.is_lock_conflict)
+LOST = "server closed the connection unexpectedly"
+
+
+def _error(kind: str) -> BaseException:
+    if kind == "lock":
+        return OperationalError(LOCKED)
+    if kind == "down":
+        return OperationalError(LOST)
+    if kind == "integrity":
+        return IntegrityError("the work's data broke a constraint at commit")
+    return KeyError("the work's own bug")
+
+
+#: What each mode answers a failure at each step: (the caller gets, the record left).
+#: "409": ``Busy("lock")``; "503": ``Unavailable`` with the error; "raise": the error
+#: itself propagates; "ran": the mode has no such step. The record: "-" none, "held" as
+#: it was (a take-over acts on it), "unlocked" IN_PROGRESS with its lease ended so the
+#: retry continues the same operation, "done" completed.
+LADDER = [
+    # step       error        two-phase         single            atomic=False
+    ("claim",    "lock",      ("409", "-"),     ("409", "-"),     ("409", "-")),
+    ("claim",    "down",      ("503", "-"),     ("503", "-"),     ("503", "-")),
+    ("lock",     "lock",      ("409", "held"),  ("ran", "done"),  ("ran", "done")),
+    ("lock",     "down",      ("503", "-"),     ("ran", "done"),  ("ran", "done")),
+    ("work",     "lock",      ("409", "-"),     ("409", "-"),     ("409", "unlocked")),
+    ("work",     "down",      ("raise", "-"),   ("raise", "-"),   ("raise", "unlocked")),
+    ("work",     "bug",       ("raise", "-"),   ("raise", "-"),   ("raise", "unlocked")),
+    ("finalize", "lock",      ("409", "-"),     ("409", "-"),     ("409", "unlocked")),
+    ("finalize", "down",      ("503", "-"),     ("503", "-"),     ("503", "unlocked")),
+    ("commit",   "lock",      ("409", "-"),     ("409", "-"),     ("ran", "done")),
+    ("commit",   "down",      ("503", "-"),     ("503", "-"),     ("ran", "done")),
+    ("commit",   "integrity", ("raise", "-"),   ("raise", "-"),   ("ran", "done")),
+]  # fmt: skip
+LADDER_CELLS = [
+    pytest.param(mode, step, kind, *answer, id=f"{mode.name.lower()}-{step}-{kind}")
+    for step, kind, *answers in LADDER
+    for mode, answer in zip(MODES, answers)
+]
+
+
+def _raising(error: BaseException) -> Any:
+    def action(operation: Operation | None) -> None:
+        raise error
+
+    return action
+
+
+def _fail_at(step: str, error: BaseException, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Make ``step`` fail once with ``error``; for the work, the action that raises it."""
+    if step == "work":
+        return _raising(error)
+    owner: Any = connections["default"] if step == "commit" else IdempotencyRecordQuerySet
+    original = getattr(owner, step)
+    calls: list[int] = []
+
+    def fail_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, step, fail_once)
+    return None
+
+
+def _left() -> str:
+    record = IdempotencyRecord.objects.first()
+    if record is None:
+        return "-"
+    if record.status == Status.COMPLETED:
+        return "done"
+    return "held" if record.lease_is_live() else "unlocked"
+
+
+@pytest.mark.parametrize(("mode", "step", "kind", "answer", "left"), LADDER_CELLS)
+def test_every_mode_takes_the_one_failure_ladder(mode, step, kind, answer, left, monkeypatch):
+    error = _error(kind)
+    work = Work(action=_fail_at(step, error, monkeypatch))
+    if answer == "raise":
+        with pytest.raises(type(error)) as raised:
+            run(work, mode)
+        assert raised.value is error
+    else:
+        outcome = run(work, mode)
+        assert {
+            "ran": lambda: isinstance(outcome, Executed) and outcome.record is not None,
+            "409": lambda: outcome == Busy("lock"),
+            "503": lambda: isinstance(outcome, Unavailable) and outcome.error is error,
+        }[answer]()
+    assert _left() == left
+    kept = answer == "ran" or (mode is engine.Mode.NON_ATOMIC and work.calls)
+    assert Order.objects.count() == (1 if kept else 0)  # a rolled-back attempt leaves none
+
+
+@pytest.mark.parametrize(
+    ("step", "kind", "answer", "left"),
+    [
+        pytest.param(step, kind, *single, id=f"{step}-{kind}")
+        for step, kind, _, single, _ in LADDER
+        if single[0] != "ran"
+    ],
+)
+def test_once_takes_the_same_ladder(step, kind, answer, left, monkeypatch) -> None:
+    """``once`` runs its block between the same steps: what the engine answers for a
+    callable it raises as ``Busy`` or ``Unavailable``, and an error it lets a callable
+    raise it lets the block raise."""
+    from django_idempotency import once as module
+
+    error = _error(kind)
+    action = _fail_at(step, error, monkeypatch)
+    expected = {"409": module.Busy, "503": module.Unavailable}.get(answer, type(error))
+    with pytest.raises(expected) as raised, module.once("k1", scope="s") as block:
+        assert block.first
+        Order.objects.create(reference="k1:1")
+        if action is not None:
+            action(None)
+        block.result = "done"
+    if answer == "raise":
+        assert raised.value is error
+    elif answer == "503":
+        assert raised.value.__cause__ is error
+    else:
+        assert raised.value.reason == "lock"
+    assert _left() == left
+    assert not Order.objects.exists()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_signals_name_the_record_only_when_others_could_see_it(mode, received) -> None:
+    """A lock conflict after the claim names the record it claimed, unless that claim
+    shared the work's transaction and rolled back with it."""
+    received.clear()
+    run(Work(action=_raising(_error("lock"))), mode)
+    conflict = dict(received)["operation_conflict"]
+    assert conflict["reason"] == "lock"
+    if mode is engine.Mode.SINGLE_TRANSACTION:
+        assert conflict["record"] is None
+    else:
+        assert conflict["record"].pk == dict(received)["operation_started"]["record"].pk
+
+
+def test_a_two_phase_guard_inside_a_transaction_claims_in_it() -> None:
+    """The claim cannot commit first there, so it commits with the work (or not at all)."""
+    with pytest.raises(KeyError), transaction.atomic():
+        run(Work(action=_raising(_error("bug"))))
+    assert not IdempotencyRecord.objects.exists() and not Order.objects.exists()
+    with transaction.atomic():
+        outcome = run(Work())
+        assert isinstance(outcome, Executed) and outcome.record is not None
+    assert IdempotencyRecord.objects.get().status == Status.COMPLETED
+
+
+def test_an_atomic_false_guard_inside_a_transaction_is_refused() -> None:
+    work = Work()
+    with pytest.raises(RuntimeError, match="E014"), transaction.atomic():
+        run(work, engine.Mode.NON_ATOMIC)
+    assert work.calls == 0 and not IdempotencyRecord.objects.exists()
+
+
+# Choosing a mode: ``GuardOptions`` names the options once, for ``@idempotent``, the
+# guard and the DRF mixin, so a new mode is one member of ``Mode`` and its option.
+
+
+@pytest.mark.parametrize(
+    ("options", "mode"),
+    [
+        ({}, engine.Mode.TWO_PHASE),
+        ({"atomic": True, "single_transaction": False}, engine.Mode.TWO_PHASE),
+        ({"single_transaction": True}, engine.Mode.SINGLE_TRANSACTION),
+        ({"atomic": False}, engine.Mode.NON_ATOMIC),
+    ],
+)
+def test_the_options_choose_the_mode(options, mode) -> None:
+    assert Guard(**options).mode is mode
+    assert idempotent(**options)(lambda request: None).idempotency_guard.mode is mode
+
+
+def test_an_unknown_option_is_refused_where_the_view_is_decorated() -> None:
+    with pytest.raises(TypeError, match="atomc"):
+        idempotent(atomc=False)  # type: ignore[call-arg]
+
+
+@needs_drf
+def test_the_mixin_passes_every_attribute_it_declares_on() -> None:
+    from rest_framework.views import APIView
+
+    from django_idempotency.drf import IdempotentMixin
+
+    declared = {
+        name.removeprefix("idempotency_")
+        for name in vars(IdempotentMixin)
+        if name.startswith("idempotency_")
+    }
+    assert declared <= GuardOptions.__optional_keys__
+    assert declared == set(IdempotentMixin._class_options())
+
+    class View(IdempotentMixin, APIView):
+        idempotency_atomic = False
+        idempotency_required = True
+        idempotency_lease = timedelta(seconds=30)
+
+    guard = View().get_idempotency_guard()
+    assert (guard.mode, guard.required, guard.lease) == (
+        engine.Mode.NON_ATOMIC,
+        True,
+        timedelta(seconds=30),
+    )
+    assert guard.key.__func__ is View.get_idempotency_key  # the hooks come on top
