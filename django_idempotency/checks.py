@@ -283,9 +283,9 @@ def view_duration_problem(*, ttl: Any, lease: Any) -> str | None:
 
 def check_records_database(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """W001: the business writes can only commit with "done" on the same database."""
-    from django_idempotency.models import IdempotencyRecord
+    from django_idempotency.models import records_database
 
-    records_db = router.db_for_write(IdempotencyRecord) or "default"
+    records_db = records_database()
     elsewhere = sorted(
         model._meta.label
         for model in apps.get_models()
@@ -311,7 +311,7 @@ def check_records_database(app_configs: Any = None, **kwargs: Any) -> list[Check
 
 def check_atomic_requests(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """I001: explain what guarded views do under ``ATOMIC_REQUESTS``."""
-    from django_idempotency.engine import records_database
+    from django_idempotency.models import records_database
 
     alias = records_database()
     if alias not in connections or not connections.settings[alias].get("ATOMIC_REQUESTS"):
@@ -336,7 +336,7 @@ def check_atomic_requests(app_configs: Any = None, **kwargs: Any) -> list[CheckM
 def check_guarded_views(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """E014 and W004 per guarded URL: what only the wiring of one view shows."""
     from django_idempotency.conf import conf
-    from django_idempotency.engine import records_database
+    from django_idempotency.models import records_database
 
     alias = records_database()
     atomic_requests = alias in connections and connections.settings[alias].get("ATOMIC_REQUESTS")
@@ -431,7 +431,7 @@ def _guard_in(function: Any, depth: int) -> Any:
 
 def check_autocommit(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """W006: without autocommit nothing commits the claim before the view runs."""
-    from django_idempotency.engine import records_database
+    from django_idempotency.models import records_database
 
     alias = records_database()
     if alias not in connections or connections.settings[alias].get("AUTOCOMMIT", True):
@@ -522,7 +522,7 @@ def check_time_zone_tables(
     It asks the database, so it runs only for the databases named (``migrate``,
     ``check --database``), like Django's own database checks.
     """
-    from django_idempotency.engine import records_database
+    from django_idempotency.models import records_database
 
     alias = records_database()
     if not databases or alias not in databases or not apps.is_installed("django.contrib.admin"):

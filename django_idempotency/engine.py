@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from django.db import IntegrityError, connections, router, transaction
+from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
 from django_idempotency import signals
@@ -28,7 +28,12 @@ from django_idempotency.errors import (
     is_lock_conflict,
     marked_for_rollback,
 )
-from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet, Status
+from django_idempotency.models import (
+    IdempotencyRecord,
+    IdempotencyRecordQuerySet,
+    Status,
+    records_database,
+)
 from django_idempotency.operation import (
     Busy,
     Executed,
@@ -100,11 +105,6 @@ class Mode(enum.Enum):
         self.atomic = atomic
         self.shares_transaction = shares_transaction
         self.undo = undo
-
-
-def records_database() -> str:
-    """Records always live on the write database: a replica's stale read is a duplicate."""
-    return router.db_for_write(IdempotencyRecord) or "default"
 
 
 def execute(

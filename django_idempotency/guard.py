@@ -17,7 +17,7 @@ from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
 from django.db import connections, transaction
 from django.http import HttpResponseBase
 
-from django_idempotency import checks, engine, keys, operation, responses
+from django_idempotency import checks, engine, keys, models, operation, responses
 from django_idempotency.conf import conf
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ def passthrough(request: Any, view: Callable[[], T]) -> T:
     itself marked the view ``non_atomic_requests``.
     """
     request.idempotency = operation.Unguarded()
-    alias = engine.records_database()
+    alias = models.records_database()
     connection = connections[alias]
     if (
         not connection.settings_dict.get("ATOMIC_REQUESTS")
@@ -219,7 +219,7 @@ class RecordsDatabase(set[str]):
     """
 
     def __contains__(self, alias: object) -> bool:
-        return alias == engine.records_database() or super().__contains__(alias)
+        return alias == models.records_database() or super().__contains__(alias)
 
 
 def opt_out_of_atomic_requests(view: Any) -> Any:

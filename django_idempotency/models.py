@@ -31,6 +31,11 @@ class Status(models.TextChoices):
     COMPLETED = "completed"
 
 
+def records_database() -> str:
+    """Records always live on the write database: a replica's stale read is a duplicate."""
+    return router.db_for_write(IdempotencyRecord) or "default"
+
+
 def expired_at(now: datetime) -> Q:
     """The one rule for "expired": past ``expires_at`` and holding no live lease.
 
@@ -367,7 +372,7 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
     def _on_write_database(self) -> IdempotencyRecordQuerySet:
         """Deletes must select on the database they delete from, never a replica."""
         alias: str | None = getattr(self, "_db", None)  # set by .using()
-        records: IdempotencyRecordQuerySet = self.using(alias or router.db_for_write(self.model))
+        records: IdempotencyRecordQuerySet = self.using(alias or records_database())
         return records
 
     def _delete_batch(self, order: tuple[str, ...], batch_size: int) -> tuple[int, int]:

@@ -28,9 +28,14 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from django_idempotency import engine, keys, problems, responses
+from django_idempotency import keys, problems, responses
 from django_idempotency.guard import opt_out_of_atomic_requests
-from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet, expired_at
+from django_idempotency.models import (
+    IdempotencyRecord,
+    IdempotencyRecordQuerySet,
+    expired_at,
+    records_database,
+)
 
 ALLOWED_METHODS = ("GET", "HEAD")
 ALLOW = "GET, HEAD, OPTIONS"
@@ -111,7 +116,7 @@ def operation_by_key(request: HttpRequest) -> HttpResponse:
 
 
 def records() -> IdempotencyRecordQuerySet:
-    found: IdempotencyRecordQuerySet = IdempotencyRecord.objects.using(engine.records_database())
+    found: IdempotencyRecordQuerySet = IdempotencyRecord.objects.using(records_database())
     return found
 
 

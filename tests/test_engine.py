@@ -14,7 +14,7 @@ import pytest
 from django.db import IntegrityError, OperationalError, connections, transaction
 from django.utils import timezone
 
-from django_idempotency import engine, signals
+from django_idempotency import engine, models, signals
 from django_idempotency.decorators import idempotent
 from django_idempotency.guard import Guard, GuardOptions
 from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet, Status
@@ -276,7 +276,7 @@ def test_operation_describes_the_attempt() -> None:
 
 
 def test_records_are_written_where_the_router_writes() -> None:
-    assert engine.records_database() == "default"
+    assert models.records_database() == "default"
 
 
 # Signals.

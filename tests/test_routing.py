@@ -13,7 +13,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.test import AsyncClient, override_settings
 
-from django_idempotency import engine
+from django_idempotency import models
 from django_idempotency.models import IdempotencyRecord, Status
 from tests.conftest import needs_drf, send
 from tests.factories import IdempotencyRecordFactory, request_fingerprint
@@ -56,7 +56,7 @@ def test_the_router_is_in_force() -> None:
     Order.objects.create(reference="written")
     assert Order.objects.count() == 0  # read from the (empty) replica
     assert writer_orders() == 1
-    assert engine.records_database() == "default"
+    assert models.records_database() == "default"
 
 
 @pytest.mark.parametrize("path", ["/orders/", "/orders/single/", "/orders/nonatomic/"])

@@ -15,8 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
 from django_idempotency.conf import conf
-from django_idempotency.engine import records_database
-from django_idempotency.models import IdempotencyRecord, PurgeBatch
+from django_idempotency.models import IdempotencyRecord, PurgeBatch, records_database
 
 DURATION = re.compile(r"(\d+)([smhd])")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
