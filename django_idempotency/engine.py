@@ -22,7 +22,7 @@ from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
 from django_idempotency import signals
-from django_idempotency.errors import (
+from django_idempotency.database import (
     STORE_ERRORS,
     inside_transaction,
     is_lock_conflict,
@@ -35,7 +35,7 @@ from django_idempotency.models import (
     records_database,
 )
 from django_idempotency.operation import (
-    Busy,
+    Conflict,
     Executed,
     InProgress,
     Intent,
@@ -47,8 +47,8 @@ from django_idempotency.operation import (
     Policy,
     Replay,
     Stored,
+    StoreDown,
     StoreFailed,
-    Unavailable,
 )
 
 logger = logging.getLogger("django_idempotency")
@@ -218,7 +218,7 @@ class Attempt:
             return _database_failure(cause, self.intent, self._reported())
         return None
 
-    def _claim(self) -> IdempotencyRecord | Replay | InProgress | Mismatch | Busy:
+    def _claim(self) -> IdempotencyRecord | Replay | InProgress | Mismatch | Conflict:
         if self.mode.shares_transaction:
             # A concurrent duplicate's claim waits on the unique index until this
             # transaction commits (then replays) or rolls back (then runs).
@@ -241,11 +241,11 @@ class Attempt:
         """The record to name in signals: none that rolled back with the work."""
         return None if self.mode.shares_transaction else self.record
 
-    def _lease_lost(self) -> Busy:
+    def _lease_lost(self) -> Conflict:
         record = self._reported()
         if record is not None:
             _send(signals.operation_conflict, record, self.intent, reason="lease_lost")
-        return Busy("lease_lost")
+        return Conflict("lease_lost")
 
     def _open(self) -> None:
         atomic = transaction.atomic(using=self.records.db)
@@ -265,7 +265,7 @@ class Attempt:
 
 def _claim_committed(
     records: IdempotencyRecordQuerySet, intent: Intent, policy: Policy
-) -> IdempotencyRecord | Replay | InProgress | Mismatch | Busy:
+) -> IdempotencyRecord | Replay | InProgress | Mismatch | Conflict:
     """Phase 1: the claim must be visible to other requests before the work starts.
 
     In autocommit every statement commits by itself. Inside a transaction (a test
@@ -302,7 +302,7 @@ def _claim(
     intent: Intent,
     policy: Policy,
     wait: timedelta | None = None,
-) -> IdempotencyRecord | Replay | InProgress | Mismatch | Busy:
+) -> IdempotencyRecord | Replay | InProgress | Mismatch | Conflict:
     for _ in range(CLAIM_ROUNDS):
         existing, created = records.claim(
             scope=intent.scope,
@@ -339,7 +339,7 @@ def _claim(
         if taken is not None:
             _send(signals.operation_started, taken, intent)
             return taken
-    return Busy("contended")
+    return Conflict("contended")
 
 
 def _take_over(
@@ -371,12 +371,12 @@ def _finalize(
 
 def _database_failure(
     exc: BaseException, intent: Intent, record: IdempotencyRecord | None = None
-) -> Busy | Unavailable:
+) -> Conflict | StoreDown:
     if is_lock_conflict(exc):
         _send(signals.operation_conflict, record, intent, reason="lock")
-        return Busy("lock")
+        return Conflict("lock")
     logger.error("Idempotency store unavailable: %s", exc, exc_info=exc)
-    return Unavailable(exc)
+    return StoreDown(exc)
 
 
 def _send(signal: Any, record: IdempotencyRecord | None, intent: Intent, **extra: Any) -> None:

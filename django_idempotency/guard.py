@@ -166,7 +166,7 @@ class Guard:
             return responses.in_progress(outcome.record, outcome.retry_after)
         if isinstance(outcome, operation.Mismatch):
             return responses.mismatch(outcome.record)
-        if isinstance(outcome, operation.Busy):
+        if isinstance(outcome, operation.Conflict):
             return responses.busy(outcome.reason, outcome.retry_after)
         return responses.unavailable()
 

@@ -20,7 +20,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from django_idempotency.errors import is_lock_conflict
+from django_idempotency.database import is_lock_conflict
 from django_idempotency.sql import Statements, lock_timeout, statements
 
 BATCH_TRIES = 5

@@ -219,14 +219,14 @@ class Once:
             raise KeyReused(f"{where} was already used with a different payload.")
         if isinstance(outcome, operation.InProgress):
             raise Busy(f"{where} is being processed.", outcome.retry_after, reason="in_progress")
-        if isinstance(outcome, operation.Busy):
+        if isinstance(outcome, operation.Conflict):
             undone = "nothing was committed" if ran else "nothing ran"
             raise Busy(
                 f"{where}: {outcome.reason}; {undone}.",
                 outcome.retry_after,
                 reason=outcome.reason,
             ) from cause
-        assert isinstance(outcome, operation.Unavailable), outcome
+        assert isinstance(outcome, operation.StoreDown), outcome
         raise Unavailable("The idempotency store is unavailable.") from outcome.error
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from django_idempotency.errors import STORE_ERRORS
+from django_idempotency.database import STORE_ERRORS
 from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ class Mismatch:
 
 
 @dataclass(frozen=True)
-class Busy:
+class Conflict:
     """A lock conflict or a lost lease: nothing was committed, retry shortly."""
 
     reason: str
@@ -173,9 +173,9 @@ class Busy:
 
 
 @dataclass(frozen=True)
-class Unavailable:
+class StoreDown:
     error: BaseException
 
 
-NotRun = Replay | InProgress | Mismatch | Busy | Unavailable
+NotRun = Replay | InProgress | Mismatch | Conflict | StoreDown
 Outcome = Executed[R] | NotRun

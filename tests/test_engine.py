@@ -19,7 +19,7 @@ from django_idempotency.decorators import idempotent
 from django_idempotency.guard import Guard, GuardOptions
 from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet, Status
 from django_idempotency.operation import (
-    Busy,
+    Conflict,
     Executed,
     InProgress,
     Intent,
@@ -28,7 +28,7 @@ from django_idempotency.operation import (
     Policy,
     Replay,
     Stored,
-    Unavailable,
+    StoreDown,
 )
 from tests.conftest import needs_drf
 from tests.factories import IdempotencyRecordFactory
@@ -235,7 +235,7 @@ def _steal_lease(operation: Operation) -> None:
 
 def test_two_phase_fencing_rolls_back_when_the_lease_is_lost() -> None:
     outcome = run(Work(action=_steal_lease))
-    assert isinstance(outcome, Busy)
+    assert isinstance(outcome, Conflict)
     assert outcome.reason == "lease_lost"
     assert outcome.retry_after >= 1
     assert Order.objects.count() == 0  # nothing committed twice
@@ -244,7 +244,7 @@ def test_two_phase_fencing_rolls_back_when_the_lease_is_lost() -> None:
 
 def test_non_atomic_finalize_is_fenced_too() -> None:
     outcome = run(Work(action=_steal_lease), engine.Mode.NON_ATOMIC)
-    assert isinstance(outcome, Busy)
+    assert isinstance(outcome, Conflict)
     assert outcome.reason == "lease_lost"
     assert IdempotencyRecord.objects.get().status == Status.IN_PROGRESS
 
@@ -258,7 +258,7 @@ def test_checkpoint_after_losing_the_lease_stops_the_work() -> None:
         reached.append(True)
 
     outcome = run(Work(action=steal_then_checkpoint), engine.Mode.NON_ATOMIC)
-    assert isinstance(outcome, Busy)
+    assert isinstance(outcome, Conflict)
     assert reached == []
     assert IdempotencyRecord.objects.get().recovery_point == ""
 
@@ -350,7 +350,7 @@ def test_autocommit_off_is_refused_before_any_claim(monkeypatch, mode) -> None:
 # the same one. A failure at each step, of each kind, must end in the same outcome and
 # leave the same trace as every other way of running.
 
-LOCKED = "database is locked"  # a lock conflict on every backend (errors.is_lock_conflict)
+LOCKED = "database is locked"  # a lock conflict on every backend (database.is_lock_conflict)
 LOST = "server closed the connection unexpectedly"
 
 
@@ -365,7 +365,7 @@ def _error(kind: str) -> BaseException:
 
 
 #: What each mode answers a failure at each step: (the caller gets, the record left).
-#: "409": ``Busy("lock")``; "503": ``Unavailable`` with the error; "raise": the error
+#: "409": ``Conflict("lock")``; "503": ``StoreDown`` with the error; "raise": the error
 #: itself propagates; "ran": the mode has no such step. The record: "-" none, "held" as
 #: it was (a take-over acts on it), "unlocked" IN_PROGRESS with its lease ended so the
 #: retry continues the same operation, "done" completed.
@@ -437,8 +437,8 @@ def test_every_mode_takes_the_one_failure_ladder(mode, step, kind, answer, left,
         outcome = run(work, mode)
         assert {
             "ran": lambda: isinstance(outcome, Executed) and outcome.record is not None,
-            "409": lambda: outcome == Busy("lock"),
-            "503": lambda: isinstance(outcome, Unavailable) and outcome.error is error,
+            "409": lambda: outcome == Conflict("lock"),
+            "503": lambda: isinstance(outcome, StoreDown) and outcome.error is error,
         }[answer]()
     assert _left() == left
     kept = answer == "ran" or (mode is engine.Mode.NON_ATOMIC and work.calls)

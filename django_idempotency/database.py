@@ -1,4 +1,4 @@
-"""What a database connection's errors and transaction state mean to the engine.
+"""What the records' database tells the engine: its errors and its transaction's state.
 
 Lock conflicts are answered with 409 and ``Retry-After``: the transaction was rolled
 back and the same request can simply be sent again. Any other error on the idempotency
