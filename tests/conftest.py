@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from django.test import Client
 
 from tests.testapp import views
@@ -55,3 +56,14 @@ def post(client: Client) -> Post:
         return send(client, path, data, **kwargs)
 
     return _post
+
+
+@pytest.fixture
+def alice() -> User:
+    """Two users of their own, for "never someone else's replay"."""
+    return User.objects.create_user("alice", password="alice-pw")
+
+
+@pytest.fixture
+def bob() -> User:
+    return User.objects.create_user("bob", password="bob-pw")

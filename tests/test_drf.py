@@ -20,16 +20,6 @@ from tests.testapp.models import Order
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def alice() -> User:
-    return User.objects.create_user("alice", password="alice-pw")
-
-
-@pytest.fixture
-def bob() -> User:
-    return User.objects.create_user("bob", password="bob-pw")
-
-
 def token_client(user: User) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")

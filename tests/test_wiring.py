@@ -181,16 +181,6 @@ def cell(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Cel
     return value
 
 
-@pytest.fixture
-def alice() -> User:
-    return User.objects.create_user("alice", password="alice-pw")
-
-
-@pytest.fixture
-def bob() -> User:
-    return User.objects.create_user("bob", password="bob-pw")
-
-
 Caller = Callable[..., Any]
 
 
@@ -432,14 +422,7 @@ def test_the_system_check_refuses_nothing_else(on: bool, monkeypatch: pytest.Mon
 
 
 def reply_of(response: Any) -> Reply:
-    return Reply(
-        status=response.status_code,
-        body=bytes(response.content),
-        content_type=response.get("Content-Type", ""),
-        replayed=response.get("Idempotent-Replayed") == "true",
-        retry_after=response.get("Retry-After"),
-        cache_control=response.get("Cache-Control"),
-    )
+    return Reply.of(response)
 
 
 def failed_to_read_the_user(result: Any) -> bool:

@@ -39,6 +39,17 @@ class Reply:
     def json(self) -> Any:
         return json.loads(self.body)
 
+    @classmethod
+    def of(cls, response: Any) -> Reply:
+        return cls(
+            status=response.status_code,
+            body=bytes(response.content),
+            content_type=response.get("Content-Type", ""),
+            replayed=response.get("Idempotent-Replayed") == "true",
+            retry_after=response.get("Retry-After"),
+            cache_control=response.get("Cache-Control"),
+        )
+
 
 def send(path: str, key: str, data: Any = None) -> Reply:
     """POST ``data`` (default ``{"reference": key}``) as JSON with ``Idempotency-Key: key``."""
@@ -47,14 +58,7 @@ def send(path: str, key: str, data: Any = None) -> Reply:
     response = client.post(
         path, data=body, content_type="application/json", HTTP_IDEMPOTENCY_KEY=key
     )
-    return Reply(
-        status=response.status_code,
-        body=bytes(response.content),
-        content_type=response.get("Content-Type", ""),
-        replayed=response.get("Idempotent-Replayed") == "true",
-        retry_after=response.get("Retry-After"),
-        cache_control=response.get("Cache-Control"),
-    )
+    return Reply.of(response)
 
 
 def _close_connection() -> None:
