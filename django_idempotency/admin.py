@@ -29,12 +29,12 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
-from django_idempotency import engine
 from django_idempotency.models import (
     IdempotencyRecord,
     IdempotencyRecordQuerySet,
     Status,
     expired_at,
+    records_database,
 )
 
 SHOWN_BODY_CHARS = 100_000
@@ -108,7 +108,7 @@ class RecordChangeList(ChangeList):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.date_hierarchy and not dates_truncate(engine.records_database()):
+        if self.date_hierarchy and not dates_truncate(records_database()):
             self.date_hierarchy = None
 
 
@@ -166,6 +166,9 @@ class IdempotencyRecordAdmin(ModelAdmin):
         (_("Dates"), {"fields": ("created_at", "completed_at", "expires_at")}),
     )
 
+    class Media:
+        css = {"all": ("django_idempotency/changelist.css",)}  # nine columns at 1280 px
+
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return RecordChangeList
 
@@ -174,7 +177,7 @@ class IdempotencyRecordAdmin(ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[IdempotencyRecord]:
         records: QuerySet[IdempotencyRecord] = super().get_queryset(request)
-        records = records.using(engine.records_database())
+        records = records.using(records_database())
         match = request.resolver_match
         if match is None or match.url_name != self._url_name("change"):
             records = records.defer("response_body", "response_headers")
