@@ -19,6 +19,7 @@ Commands::
     python benchmarks/chaos.py --database all                # full run: 3,000 intents each
 
     python benchmarks/chaos.py --ci --control --database postgres   # must find duplicates
+    python benchmarks/chaos.py --ci --database all --plot chaos.png  # and draw the run
 
 Exit status 1 if any intent was duplicated, lost or answered inconsistently (with
 ``--control``: if the checker found no duplicate on the unguarded endpoint).
@@ -47,6 +48,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import plots
 import serve
 
 DATABASE = "idem_chaos"
@@ -147,10 +149,17 @@ class Intent:
 class Stats:
     lock: threading.Lock = field(default_factory=threading.Lock)
     counts: Counter[str] = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)
+    events: list[tuple[float, str]] = field(default_factory=list)  # for --plot
 
     def add(self, name: str, amount: int = 1) -> None:
         with self.lock:
-            self.counts[name] += amount
+            self._add(name, amount)
+
+    def _add(self, name: str, amount: int = 1) -> None:
+        """Count ``name``; the caller holds ``lock``."""
+        self.counts[name] += amount
+        self.events.append((time.monotonic() - self.started, name))
 
 
 class Client:
@@ -203,7 +212,7 @@ class Client:
             )
             with self.stats.lock:
                 intent.answers.append(answer)
-                self.stats.counts["replays" if answer.replayed else "first answers"] += 1
+                self.stats._add("replays" if answer.replayed else "first answers")
             return
         with self.stats.lock:
             intent.unresolved += 1
@@ -234,6 +243,7 @@ class Killer(threading.Thread):
         self.rng = random.Random(seed)
         self.stop_event = threading.Event()
         self.kills: Counter[str] = Counter()
+        self.times: list[tuple[float, str]] = []  # (time.monotonic(), phase), for --plot
 
     def phase(self, pid: int) -> str:
         try:
@@ -254,6 +264,7 @@ class Killer(threading.Thread):
             except ProcessLookupError:
                 continue
             self.kills[phases[pid]] += 1
+            self.times.append((time.monotonic(), phases[pid]))
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -425,7 +436,7 @@ def make_intents(count: int, rng: random.Random, control: bool) -> list[Intent]:
     return intents
 
 
-def run(kind: str, options: argparse.Namespace) -> bool:
+def run(kind: str, options: argparse.Namespace, drawn: list[plots.ChaosRun]) -> bool:
     rng = random.Random(options.seed)
     serve.recreate_database(kind, DATABASE)
     url = serve.database_url(kind, DATABASE)
@@ -454,7 +465,7 @@ def run(kind: str, options: argparse.Namespace) -> bool:
         if options.kill_connections
         else None
     )
-    started = time.monotonic()
+    started = stats.started = time.monotonic()
     try:
         killer.start()
         if connection_killer:
@@ -481,6 +492,7 @@ def run(kind: str, options: argparse.Namespace) -> bool:
     report(kind, intents, stats, killer, provider, result, elapsed, log)
     if connection_killer:
         print(f"DB connections killed {connection_killer.kills}")
+    drawn.append(summary(kind, stats, killer, result, started, elapsed, len(intents)))
     if options.control:
         print(
             "control: the unguarded endpoint must show duplicates; it did"
@@ -489,6 +501,33 @@ def run(kind: str, options: argparse.Namespace) -> bool:
         )
         return bool(result["duplicates"])
     return not (result["duplicates"] or result["lost"] or result["mismatched"])
+
+
+def summary(
+    kind: str,
+    stats: Stats,
+    killer: Killer,
+    result: dict[str, Any],
+    started: float,
+    elapsed: float,
+    intents: int,
+) -> plots.ChaosRun:
+    counts = stats.counts
+    totals = {
+        "intents": intents,
+        "requests": counts["requests"],
+        "kills": sum(killer.kills.values()),
+        "409s": counts["409s"],
+        "5xx": sum(n for name, n in counts.items() if name[0] == "5"),
+        "first answers": counts["first answers"],
+        "replays": counts["replays"],
+        "take-overs": result["take-overs"],
+        "duplicates": result["duplicates"],
+        "lost": result["lost"],
+        "mismatched": result["mismatched"],
+    }
+    kills = [(at - started, phase) for at, phase in killer.times]
+    return plots.ChaosRun(kind, elapsed, list(stats.events), kills, totals)
 
 
 def report(
@@ -537,6 +576,7 @@ def report(
 
 
 def main() -> int:
+    global DATABASE  # --db-name: every function of the run reads it
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database", choices=["postgres", "mariadb", "all"], default="all")
     parser.add_argument("--ci", action="store_true", help="a short run: 300 intents")
@@ -564,11 +604,26 @@ def main() -> int:
     parser.add_argument("--intent-deadline", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
+        "--db-name",
+        default=DATABASE,
+        help=f"the database the run drops and creates (default {DATABASE})",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="PATH.png",
+        default=None,
+        help="also draw the run as a PNG (needs matplotlib: the benchmark extra)",
+    )
+    parser.add_argument(
         "--control",
         action="store_true",
         help="negative control: the same load on an unguarded endpoint must show duplicates",
     )
     options = parser.parse_args()
+    plot = plots.plot_path(parser, options.plot)
+    if not options.db_name.isidentifier():
+        parser.error(f"--db-name {options.db_name!r}: letters, digits and _ only")
+    DATABASE = options.db_name
     if options.intents is None:
         options.intents = 300 if options.ci else 3000
     if options.seed is None:
@@ -577,7 +632,17 @@ def main() -> int:
         parser.error("--lease must exceed --worker-timeout (DESIGN.md: LEASE > worker timeout)")
     print(f"seed {options.seed}")
     kinds = ["postgres", "mariadb"] if options.database == "all" else [options.database]
-    results = [run(kind, options) for kind in kinds]
+    drawn: list[plots.ChaosRun] = []
+    results = [run(kind, options, drawn) for kind in kinds]
+    if plot is not None:
+        label = "control, unguarded endpoint" if options.control else f"{options.intents} intents"
+        caption = (
+            f"{label}, {options.threads} client threads, gunicorn {options.workers} sync "
+            f"workers, LEASE {options.lease:g} s, a worker SIGKILLed every "
+            f"{options.kill_every[0]:g}-{options.kill_every[1]:g} s, seed {options.seed}"
+        )
+        plots.chaos(drawn, caption, plot)
+        print(f"plot written to {plot}")
     return 0 if all(results) else 1
 
 

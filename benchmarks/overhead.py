@@ -18,6 +18,7 @@ Needs wrk (``apt-get install -y wrk``) and gunicorn (``pip install gunicorn``)::
 
     python benchmarks/overhead.py                       # 3 rotations x 10 s per phase
     python benchmarks/overhead.py --seconds 3           # a quick check of the script
+    python benchmarks/overhead.py --plot overhead.png   # and draw the figures
 
 Run it on a quiet machine: with 2 cores, everything else running skews every phase.
 """
@@ -41,6 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import plots
 import serve
 
 DATABASE = "idem_bench"
@@ -246,11 +248,28 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=4, help="wrk -c")
     parser.add_argument("--threads", type=int, default=1, help="wrk -t")
     parser.add_argument("--only", nargs="*", default=None, help="phases to run (and bare)")
+    parser.add_argument(
+        "--db-name",
+        default=DATABASE,
+        help=f"the PostgreSQL database the run drops and creates (default {DATABASE})",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="PATH.png",
+        default=None,
+        help="also draw the figures as a PNG (needs matplotlib: the benchmark extra)",
+    )
     options = parser.parse_args()
     if shutil.which("wrk") is None:
         parser.error("wrk is missing: apt-get install -y wrk")
-    serve.recreate_database("postgres", DATABASE)
-    url = serve.database_url("postgres", DATABASE)
+    plot = plots.plot_path(parser, options.plot)
+    if plot is not None and options.only:
+        parser.error("--plot draws every phase: leave out --only")
+    if not options.db_name.isidentifier():
+        parser.error(f"--db-name {options.db_name!r}: letters, digits and _ only")
+    load = os.getloadavg()[0]  # other work on the machine skews every phase
+    serve.recreate_database("postgres", options.db_name)
+    url = serve.database_url("postgres", options.db_name)
     serve.migrate(url)
     statements = count_statements(url)
     log = Path(tempfile.gettempdir()) / "overhead-gunicorn.log"
@@ -276,16 +295,25 @@ def main() -> int:
         server.stop()
         shutil.rmtree(script.parent, ignore_errors=True)
     results = {name: aggregate(runs[name]) for name in names}
-    print(
+    setup = (
         f"gunicorn {options.workers} sync workers, wrk -t{options.threads} "
         f"-c{options.connections}, {options.rotations} rotations x {options.seconds} s "
-        f"per phase ({elapsed:.0f} s)"
+        f"per phase"
     )
+    print(f"{setup} ({elapsed:.0f} s, load average {load:.1f} before the run)")
     if options.only:
         for name in names:
             print(name, results[name])
         return 0
-    return 0 if report(results, statements) else 1
+    ok = report(results, statements)
+    if plot is not None:
+        caption = (
+            f"PostgreSQL on loopback, {setup}, {os.cpu_count()} cores, "
+            f"load average {load:.1f} before the run"
+        )
+        plots.overhead(results, statements, TARGETS, FLOOR_TARGET, caption, plot)
+        print(f"plot written to {plot}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ assert SOURCE_URL is not None
 REPOSITORY = SOURCE_URL[1]
 SITE = DEFAULTS["PROBLEM_BASE_URL"].removesuffix("reference/problems/#")
 SOURCE = REPOSITORY + "/blob/main/"
+RAW = REPOSITORY + "/raw/main/"  # images: a blob URL answers with a page, not the PNG
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 LINKS = re.findall(r"\]\(([^)\s]+)\)", README)
 
@@ -39,8 +40,8 @@ def test_every_readme_link_is_absolute_and_leads_somewhere(link: str) -> None:
     if target.startswith(SITE):
         page = target.removeprefix(SITE).strip("/") or "index"
         assert (DOCS / f"{page}.md").is_file() or (DOCS / page / "index.md").is_file(), link
-    elif target.startswith(SOURCE):
-        assert (ROOT / target.removeprefix(SOURCE)).exists(), link
+    elif target.startswith((SOURCE, RAW)):
+        assert (ROOT / target.removeprefix(SOURCE).removeprefix(RAW)).exists(), link
     else:
         assert target == REPOSITORY, f"{link}: neither the docs site nor the repository"
 
