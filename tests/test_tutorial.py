@@ -383,9 +383,14 @@ def curl(arguments: list[str]) -> str:
     connection.close()
     if not include:
         return body
-    lines = [f"HTTP/1.1 {response.status} {response.reason}"]
+    reason = RENAMED_REASONS.get(response.reason, response.reason)
+    lines = [f"HTTP/1.1 {response.status} {reason}"]
     lines += [f"{n}: {v}" for n, v in response.getheaders() if n.lower() not in LEFT_OUT]
     return "\n".join([*lines, "", body])
+
+
+# Python 3.13 took RFC 9110's reason phrases, which Django sends; the page shows 3.10-3.12's.
+RENAMED_REASONS = {"Unprocessable Content": "Unprocessable Entity"}
 
 
 @pytest.fixture
