@@ -1,4 +1,4 @@
-# Shared by scripts/test, scripts/sample, scripts/lint and scripts/docs (sourced, not run).
+# Shared by scripts/test, scripts/sample, scripts/lint, scripts/docs and .ci/run (sourced, not run).
 #
 # Environment:
 #   PYTHON   interpreter for a new virtualenv: python3 (default), python3.12, 3.12 or a path;
@@ -113,4 +113,20 @@ venv_install() {
     say "Installing into $VENV: $*"
     "$VENV/bin/python" -m pip install -qq "$@"
     printf '%s\n' "$digest" >"$stamp"
+}
+
+# junit_counts PYTHON REPORT: prints "passed failed skipped" from a JUnit report (nothing
+# when there is none); the one reader of pytest's counts, for scripts/test and .ci/run.
+junit_counts() {
+    [[ -s $2 ]] || return 0
+    "$1" - "$2" <<'EOF'
+import sys
+import xml.etree.ElementTree as ET
+
+root = ET.parse(sys.argv[1]).getroot()
+suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+total = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+failed = total["failures"] + total["errors"]
+print(total["tests"] - failed - total["skipped"], failed, total["skipped"])
+EOF
 }
