@@ -44,10 +44,8 @@ def assert_ran_once(results: list[Any], key: str, *, status: int = 201) -> Reply
     return first
 
 
-def assert_never_twice(results: list[Any], key: str, retry: Callable[[], Reply]) -> None:
-    """In-memory SQLite's weaker promise: its shared-cache locks fail at once instead of
-    waiting, so even the claimer may be refused (409, nothing committed). The view still
-    never runs twice, nothing is a 500, and the next retry completes it."""
+def assert_at_most_one_run(results: list[Any]) -> list[Reply]:
+    """No error, only 201s and 409s, at most one run, every other 201 its replay; the run."""
     assert errors(results) == [], errors(results)
     assert {reply.status for reply in results} <= {201, 409}, results
     executed = [reply for reply in results if reply.status == 201 and not reply.replayed]
@@ -57,6 +55,14 @@ def assert_never_twice(results: list[Any], key: str, retry: Callable[[], Reply])
             assert_conflict(reply)
         elif executed:
             assert reply.body == executed[0].body, reply
+    return executed
+
+
+def assert_never_twice(results: list[Any], key: str, retry: Callable[[], Reply]) -> None:
+    """In-memory SQLite's weaker promise: its shared-cache locks fail at once instead of
+    waiting, so even the claimer may be refused (409, nothing committed). The view still
+    never runs twice, nothing is a 500, and the next retry completes it."""
+    executed = assert_at_most_one_run(results)
     if not executed:
         assert Order.objects.filter(reference=key).count() == 0
         assert retry().status == 201
