@@ -1,4 +1,5 @@
-"""Shared fixtures: the test views' control switches, JSON posting with a key, users."""
+"""Shared fixtures: the test views' control switches, JSON posting with a key, users,
+problem answers, ATOMIC_REQUESTS."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 from django.test import Client
 
 from tests.testapp import views
@@ -56,6 +58,23 @@ def post(client: Client) -> Post:
         return send(client, path, data, **kwargs)
 
     return _post
+
+
+def assert_problem(response, status: int, slug: str) -> dict:
+    assert response.status_code == status
+    assert response["Content-Type"] == "application/problem+json"
+    assert response["Cache-Control"] == "no-store"
+    problem = response.json()
+    assert problem["type"].endswith(slug), problem
+    assert problem["status"] == status
+    assert problem["title"]
+    assert problem["detail"]
+    return problem
+
+
+@pytest.fixture
+def atomic_requests(monkeypatch):
+    monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
 
 
 @pytest.fixture

@@ -15,68 +15,21 @@ from django.db import IntegrityError, OperationalError, connections, transaction
 from django.utils import timezone
 
 from django_idempotency import engine, models, signals
-from django_idempotency.decorators import idempotent
-from django_idempotency.guard import Guard, GuardOptions
 from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQuerySet, Status
 from django_idempotency.operation import (
     Conflict,
     Executed,
     InProgress,
-    Intent,
     Mismatch,
     Operation,
-    Policy,
     Replay,
-    Stored,
     StoreDown,
 )
-from tests.conftest import needs_drf
+from tests.engine_work import MODES, TRANSACTIONAL, Work, intent, policy, run, store
 from tests.factories import IdempotencyRecordFactory
 from tests.testapp.models import Order
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-MODES = [engine.Mode.TWO_PHASE, engine.Mode.SINGLE_TRANSACTION, engine.Mode.NON_ATOMIC]
-TRANSACTIONAL = [engine.Mode.TWO_PHASE, engine.Mode.SINGLE_TRANSACTION]
-
-
-def intent(key: str = "k1", fingerprint: str = "f" * 64, scope: str = "s") -> Intent:
-    return Intent(scope=scope, key=key, fingerprint=fingerprint, method="POST", route="/x/")
-
-
-def policy(mode: engine.Mode = engine.Mode.TWO_PHASE, **kwargs: Any) -> Policy:
-    values: dict[str, Any] = {"lease": timedelta(seconds=90), "ttl": timedelta(hours=1)}
-    values.update(kwargs)
-    return Policy(mode=mode, **values)
-
-
-def store(value: Any) -> Stored | None:
-    """The capture function: store ``value`` unless the work says it failed."""
-    if value == "failed":
-        return None
-    return Stored(status=201, headers={"X-Value": str(value)}, body=str(value).encode())
-
-
-class Work:
-    """Work that writes an Order and counts its calls."""
-
-    def __init__(self, result: Any = "done", action: Any = None) -> None:
-        self.calls = 0
-        self.result = result
-        self.action = action
-        self.operations: list[Operation] = []
-
-    def __call__(self, operation: Operation) -> Any:
-        self.calls += 1
-        self.operations.append(operation)
-        Order.objects.create(reference=f"{operation.key}:{operation.attempt}")
-        if self.action is not None:
-            self.action(operation)
-        return self.result
-
-
-def run(work: Work, mode=engine.Mode.TWO_PHASE, **kwargs: Any) -> Any:
-    return engine.execute(kwargs.pop("intent", intent()), policy(mode, **kwargs), work, store)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -147,23 +100,6 @@ def test_expired_record_is_discarded(mode) -> None:
     record = IdempotencyRecord.objects.get()
     assert record.pk != old.pk
     assert record.fingerprint == "f" * 64
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_dead_lease_is_taken_over(mode) -> None:
-    stuck = IdempotencyRecordFactory(
-        stuck=True, scope="s", key="k1", fingerprint="f" * 64, recovery_point="charged"
-    )
-    work = Work()
-    outcome = run(work, mode)
-    assert isinstance(outcome, Executed)
-    operation = work.operations[0]
-    assert operation.id == stuck.pk
-    assert operation.attempt == 2
-    assert operation.recovery_point == "charged"
-    record = IdempotencyRecord.objects.get()
-    assert (record.pk, record.attempts, record.status) == (stuck.pk, 2, Status.COMPLETED)
-    assert record.lease_token != stuck.lease_token
 
 
 @pytest.mark.parametrize("mode", TRANSACTIONAL)
@@ -508,54 +444,3 @@ def test_an_atomic_false_guard_inside_a_transaction_is_refused() -> None:
     with pytest.raises(RuntimeError, match="E014"), transaction.atomic():
         run(work, engine.Mode.NON_ATOMIC)
     assert work.calls == 0 and not IdempotencyRecord.objects.exists()
-
-
-# Choosing a mode: ``GuardOptions`` names the options once, for ``@idempotent``, the
-# guard and the DRF mixin, so a new mode is one member of ``Mode`` and its option.
-
-
-@pytest.mark.parametrize(
-    ("options", "mode"),
-    [
-        ({}, engine.Mode.TWO_PHASE),
-        ({"atomic": True, "single_transaction": False}, engine.Mode.TWO_PHASE),
-        ({"single_transaction": True}, engine.Mode.SINGLE_TRANSACTION),
-        ({"atomic": False}, engine.Mode.NON_ATOMIC),
-    ],
-)
-def test_the_options_choose_the_mode(options, mode) -> None:
-    assert Guard(**options).mode is mode
-    assert idempotent(**options)(lambda request: None).idempotency_guard.mode is mode
-
-
-def test_an_unknown_option_is_refused_where_the_view_is_decorated() -> None:
-    with pytest.raises(TypeError, match="atomc"):
-        idempotent(atomc=False)  # type: ignore[call-arg]
-
-
-@needs_drf
-def test_the_mixin_passes_every_attribute_it_declares_on() -> None:
-    from rest_framework.views import APIView
-
-    from django_idempotency.drf import IdempotentMixin
-
-    declared = {
-        name.removeprefix("idempotency_")
-        for name in vars(IdempotentMixin)
-        if name.startswith("idempotency_")
-    }
-    assert declared <= GuardOptions.__optional_keys__
-    assert declared == set(IdempotentMixin._class_options())
-
-    class View(IdempotentMixin, APIView):
-        idempotency_atomic = False
-        idempotency_required = True
-        idempotency_lease = timedelta(seconds=30)
-
-    guard = View().get_idempotency_guard()
-    assert (guard.mode, guard.required, guard.lease) == (
-        engine.Mode.NON_ATOMIC,
-        True,
-        timedelta(seconds=30),
-    )
-    assert guard.key.__func__ is View.get_idempotency_key  # the hooks come on top

@@ -17,6 +17,7 @@ from django.contrib.auth.models import Group, User
 from django.test import Client
 
 from django_idempotency.models import IdempotencyRecord
+from tests.conftest import assert_problem, send
 from tests.testapp.models import Charge, Order
 
 pytestmark = pytest.mark.django_db
@@ -177,3 +178,52 @@ class TestPayloadHash:
 
         assert Order.objects.count() == 2
         assert IdempotencyRecord.objects.count() == 2
+
+
+# The ``key=`` argument of ``@idempotent`` on tests/testapp/views.py: the shared ``post``
+# fixture (path, data, key=...) stands for this module's ``post`` here.
+
+
+def test_natural_key_needs_no_header(post) -> None:
+    first = post("/invoices/7/pay/", {"amount": 1})
+    again = post("/invoices/7/pay/", {"amount": 1}, key="the-header-is-ignored")
+    assert first.status_code == 201
+    assert again["Idempotent-Replayed"] == "true"
+    assert post("/invoices/8/pay/", {"amount": 1}).status_code == 201
+    assert Order.objects.count() == 2
+    assert sorted(IdempotencyRecord.objects.values_list("key", flat=True)) == [
+        "invoice:7",
+        "invoice:8",
+    ]
+
+
+def test_natural_key_with_another_payload_is_422(post) -> None:
+    post("/invoices/7/pay/", {"amount": 1})
+    assert_problem(post("/invoices/7/pay/", {"amount": 2}), 422, "idempotency-key-reused")
+
+
+def test_payload_hash_key_dedupes_redeliveries(client) -> None:
+    send(client, "/hooks/", '{"event": "paid", "id": 1}')
+    again = send(client, "/hooks/", '{"id": 1, "event": "paid"}')
+    assert again["Idempotent-Replayed"] == "true"
+    assert send(client, "/hooks/", {"event": "paid", "id": 2}).status_code == 201
+    assert Order.objects.count() == 2
+    assert all(
+        key.startswith("payload:")
+        for key in IdempotencyRecord.objects.values_list("key", flat=True)
+    )
+
+
+def test_key_function_without_a_key_runs_unguarded(post) -> None:
+    post("/orders/by-ref/", {})
+    post("/orders/by-ref/", {})
+    assert IdempotencyRecord.objects.count() == 0
+    post("/orders/by-ref/?ref=r1", {})
+    assert post("/orders/by-ref/?ref=r1", {})["Idempotent-Replayed"] == "true"
+    assert Order.objects.count() == 3
+
+
+def test_key_function_result_is_validated(post) -> None:
+    response = post("/orders/by-ref/?ref=" + "x" * 300, {})
+    assert_problem(response, 400, "idempotency-key-invalid")
+    assert Order.objects.count() == 0

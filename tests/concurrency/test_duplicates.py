@@ -4,7 +4,6 @@ stored answer, never a 500 and never a second business row."""
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +12,7 @@ from django.db import connection, transaction
 
 from django_idempotency.models import IdempotencyRecord
 from tests.concurrency.outcomes import assert_conflict, assert_never_twice, assert_ran_once
-from tests.concurrency.threads import Worker, errors, send, together
+from tests.concurrency.threads import Worker, errors, new_key, send, together
 from tests.testapp.models import Order
 from tests.testapp.race_views import Hold
 
@@ -21,10 +20,6 @@ pytestmark = [pytest.mark.concurrency, pytest.mark.django_db(transaction=True)]
 
 THREADS = 12
 ROUNDS = 4
-
-
-def new_key(label: str) -> str:
-    return f"{label}-{uuid.uuid4()}"
 
 
 def skip_non_atomic_on_sqlite(path: str, vendor: str) -> None:

@@ -8,7 +8,6 @@ PostgreSQL reports 40P01 (deadlock) and 55P03 (NOWAIT, lock_timeout); MariaDB 12
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,14 +16,10 @@ from django.db import transaction
 
 from django_idempotency.models import IdempotencyRecord
 from tests.concurrency.outcomes import assert_conflict
-from tests.concurrency.threads import Worker, send, together
+from tests.concurrency.threads import Worker, new_key, send, together
 from tests.testapp.models import Order
 
 pytestmark = [pytest.mark.concurrency, pytest.mark.django_db(transaction=True)]
-
-
-def new_key(label: str) -> str:
-    return f"{label}-{uuid.uuid4()}"
 
 
 @pytest.mark.parametrize("mode", ["two-phase", "single"])

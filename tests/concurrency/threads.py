@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,10 @@ class Reply:
             retry_after=response.get("Retry-After"),
             cache_control=response.get("Cache-Control"),
         )
+
+
+def new_key(label: str) -> str:
+    return f"{label}-{uuid.uuid4()}"
 
 
 def send(path: str, key: str, data: Any = None) -> Reply:

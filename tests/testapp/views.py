@@ -138,7 +138,8 @@ urlpatterns = [
 ]
 
 
-# Views added for the behavioural suite (tests/test_contract.py and friends).
+# Views added for the behavioural suite (tests/test_replay.py, test_mismatch.py, test_in_progress.py
+# and the other files named for a state).
 
 
 @idempotent
