@@ -1,4 +1,10 @@
-"""Retries that are boring: run a Django view's side effect once per intent."""
+"""Retries that are boring: run a Django view's side effect once per intent.
+
+Public modules, each with its ``__all__`` (docs/reference/api.md): ``decorators``,
+``drf``, ``guard``, ``operation``, ``responses``, ``models``, ``keys``, ``scopes``,
+``once``, ``celery``, ``conditional``, ``conf``, ``signals`` and ``urls``. Every other
+module, and every name outside an ``__all__``, is internal and may change.
+"""
 
 from __future__ import annotations
 

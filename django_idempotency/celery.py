@@ -27,7 +27,7 @@ the body directly, unless ``key=`` gives them an intent.
 A duplicate delivered while the first still runs waits for it on the record's unique
 index (bounded by ``IDEMPOTENCY["WAIT"]``, or ``LEASE`` when that is 0) and then
 replays. When that wait times out, the duplicate is re-sent to wait again, for as long
-as the running attempt's lease may last (plus ``GRACE``), and then returns the stored
+as the running attempt's lease may last (plus 30 seconds of grace), and then returns the stored
 result: these waits do not count against ``max_retries``, which stays the budget for
 failures. Past the lease and the grace, a duplicate still refused retries on that
 budget; a dead lease is taken over and the body runs again (crash recovery). An
@@ -57,11 +57,13 @@ from django_idempotency.conf import conf
 from django_idempotency.keys import InvalidKey
 from django_idempotency.once import Busy, KeyReused, Once, Unavailable
 
+__all__ = ["idempotent_task"]
+
 F = TypeVar("F", bound=Callable[..., Any])
-WAIT_HEADER = "idempotency_wait_until"
-MAX_COUNTDOWN = 10.0
-GRACE = timedelta(seconds=30)
-UNAVAILABLE_COUNTDOWN = 5
+_WAIT_HEADER = "idempotency_wait_until"
+_MAX_COUNTDOWN = 10.0
+_GRACE = timedelta(seconds=30)
+_UNAVAILABLE_COUNTDOWN = 5
 
 
 def idempotent_task(
@@ -108,7 +110,7 @@ def idempotent_task(
             except Busy as exc:
                 raise _retry_busy(task, exc, lease or conf.LEASE) from exc
             except Unavailable as exc:
-                raise task.retry(exc=exc, countdown=UNAVAILABLE_COUNTDOWN) from exc
+                raise task.retry(exc=exc, countdown=_UNAVAILABLE_COUNTDOWN) from exc
             return once.result
 
         run.__signature__ = _bound_signature(function, bind)  # type: ignore[attr-defined]
@@ -130,12 +132,12 @@ def _retry_busy(task: Any, busy: Busy, lease: timedelta) -> Exception:
     """
     request = task.request
     headers = dict(request.headers or {})
-    earlier = headers.get(WAIT_HEADER, getattr(request, WAIT_HEADER, None))
-    waiting = plan_wait(busy, earlier, lease, now=time.time())
+    earlier = headers.get(_WAIT_HEADER, getattr(request, _WAIT_HEADER, None))
+    waiting = _plan_wait(busy, earlier, lease, now=time.time())
     if request.is_eager or waiting is None:
-        retried: Exception = task.retry(exc=busy, countdown=wait_countdown(busy, request.retries))
+        retried: Exception = task.retry(exc=busy, countdown=_wait_countdown(busy, request.retries))
         return retried
-    countdown, headers[WAIT_HEADER] = waiting
+    countdown, headers[_WAIT_HEADER] = waiting
     again = task.signature_from_request(
         request, countdown=countdown, retries=request.retries, headers=headers
     )
@@ -146,7 +148,7 @@ def _retry_busy(task: Any, busy: Busy, lease: timedelta) -> Exception:
     return Retry(exc=busy, when=countdown, sig=again)  # type: ignore[no-any-return]
 
 
-def plan_wait(
+def _plan_wait(
     busy: Busy, earlier: object, lease: timedelta, *, now: float
 ) -> tuple[float, dict[str, float]] | None:
     """The countdown and wait state of one more wait, or ``None`` once waiting is over.
@@ -155,7 +157,7 @@ def plan_wait(
     ends when its committed record says (``in_progress``: ``retry_after``); an attempt
     still inside its transaction is invisible, but it claimed before this duplicate was
     first refused, so its lease ends at most one ``lease`` after that. Waiting is over
-    ``GRACE`` after the lease's end.
+    ``_GRACE`` after the lease's end.
     """
     state = earlier if isinstance(earlier, dict) else {}
     waits = int(state.get("waits", 0))
@@ -163,18 +165,18 @@ def plan_wait(
         until = now + busy.retry_after
     else:
         until = float(state.get("until", now + lease.total_seconds()))
-    if now > until + GRACE.total_seconds():
+    if now > until + _GRACE.total_seconds():
         return None
-    return wait_countdown(busy, waits), {"until": until, "waits": waits + 1}
+    return _wait_countdown(busy, waits), {"until": until, "waits": waits + 1}
 
 
-def wait_countdown(busy: Busy, attempt: int) -> float:
-    """``retry_after``, at least a doubling back-off (1, 2, 4 s...), at most ``MAX_COUNTDOWN``.
+def _wait_countdown(busy: Busy, attempt: int) -> float:
+    """``retry_after``, at least a doubling back-off (1, 2, 4 s...), at most ``_MAX_COUNTDOWN``.
 
     The cap bounds how late a duplicate learns that the original finished; the next
     claim itself blocks until the original's transaction ends, so this is no busy poll.
     """
-    return float(min(max(busy.retry_after, 2 ** min(attempt, 8)), MAX_COUNTDOWN))
+    return float(min(max(busy.retry_after, 2 ** min(attempt, 8)), _MAX_COUNTDOWN))
 
 
 def _arguments(

@@ -45,9 +45,24 @@ from django_idempotency.problems import (
     Problem,
 )
 
+__all__ = [
+    "Applied",
+    "IfMatch",
+    "InvalidIfMatch",
+    "Missing",
+    "PreconditionError",
+    "PreconditionFailed",
+    "PreconditionRequired",
+    "check_and_bump",
+    "conditional_update",
+    "current_etag",
+    "parse_if_match",
+    "quote_etag",
+]
+
 V = TypeVar("V", bound=Callable[..., Any])
-EtagFunction = Callable[[Any], str]
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_EtagFunction = Callable[[Any], str]
+_UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 @dataclass(frozen=True)
@@ -64,7 +79,7 @@ class IfMatch:
         return self.any or etag in self.tags
 
 
-ANY = IfMatch(any=True, tags=frozenset())
+_ANY = IfMatch(any=True, tags=frozenset())
 
 
 class PreconditionError(Exception):
@@ -91,14 +106,20 @@ class PreconditionError(Exception):
 
 
 class PreconditionFailed(PreconditionError):
+    """The ``If-Match`` names another version: ``412``, with the current ``ETag``."""
+
     problem = PRECONDITION_FAILED
 
 
 class PreconditionRequired(PreconditionError):
+    """An unsafe request came without ``If-Match`` where one is required: ``428``."""
+
     problem = PRECONDITION_REQUIRED
 
 
 class InvalidIfMatch(PreconditionError):
+    """``If-Match`` is neither ``*`` nor a list of entity tags: ``400``."""
+
     problem = IF_MATCH_INVALID
 
 
@@ -112,7 +133,7 @@ def parse_if_match(value: str | None) -> IfMatch | None:
         return None
     text = value.strip(" \t")
     if text == "*":
-        return ANY
+        return _ANY
     tags: set[str] = set()
     rest = text
     while rest:
@@ -169,7 +190,7 @@ def check_and_bump(
     if_match: IfMatch,
     *,
     version_field: str | None = "version",
-    etag: EtagFunction | None = None,
+    etag: _EtagFunction | None = None,
 ) -> Applied | Missing:
     """Check ``if_match`` against the row and bump its version, atomically.
 
@@ -197,7 +218,7 @@ def check_and_bump(
 
 
 def _check_locked(
-    queryset: models.QuerySet[Any], lookup: dict[str, Any], if_match: IfMatch, etag: EtagFunction
+    queryset: models.QuerySet[Any], lookup: dict[str, Any], if_match: IfMatch, etag: _EtagFunction
 ) -> Applied | Missing:
     instance = queryset.select_for_update().filter(**lookup).first()
     if instance is None:
@@ -237,7 +258,7 @@ def current_etag(
     lookup: dict[str, Any],
     *,
     version_field: str | None = "version",
-    etag: EtagFunction | None = None,
+    etag: _EtagFunction | None = None,
 ) -> str | None:
     """The resource's ETag now, ``None`` if it does not exist."""
     if etag is not None:
@@ -263,21 +284,21 @@ def precondition(header: str | None, *, required: bool, etag: Callable[[], str |
             + " This keeps two clients from overwriting each other's changes.",
             current,
         )
-    return ANY  # unconditional, but the version still moves
+    return _ANY  # unconditional, but the version still moves
 
 
-Source = type[models.Model] | models.QuerySet[Any] | Callable[[Any], models.QuerySet[Any]]
+_Source = type[models.Model] | models.QuerySet[Any] | Callable[[Any], models.QuerySet[Any]]
 
 
 def conditional_update(
-    source: Source,
+    source: _Source,
     *,
     version_field: str | None = "version",
-    etag: EtagFunction | None = None,
+    etag: _EtagFunction | None = None,
     lookup_field: str = "pk",
     lookup_url_kwarg: str | None = None,
     required: bool = True,
-    methods: Collection[str] = UNSAFE_METHODS,
+    methods: Collection[str] = _UNSAFE_METHODS,
 ) -> Callable[[V], V]:
     """Guard a plain Django detail view with ``If-Match`` / ``ETag``.
 
@@ -351,7 +372,7 @@ def failed(response: HttpResponseBase) -> bool:
     return response.status_code >= 400 or bool(getattr(response, "exception", False))
 
 
-def _queryset(source: Source, request: Any) -> models.QuerySet[Any]:
+def _queryset(source: _Source, request: Any) -> models.QuerySet[Any]:
     queryset: models.QuerySet[Any]
     if isinstance(source, models.QuerySet):
         queryset = source.all()

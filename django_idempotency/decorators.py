@@ -13,6 +13,8 @@ from django_idempotency.guard import Guard, GuardOptions, opt_out_of_atomic_requ
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+__all__ = ["idempotent"]
+
 V = TypeVar("V", bound=Callable[..., Any])
 
 

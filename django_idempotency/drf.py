@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 else:
     _Base = object
 
+__all__ = ["ConditionalUpdateMixin", "IdempotentMixin"]
+
 
 class IdempotentMixin(_Base):  # type: ignore[misc]
     """Guard unsafe actions of a DRF view with an idempotency key.

@@ -24,7 +24,17 @@ from django.utils.datastructures import MultiValueDict
 
 from django_idempotency.conf import conf
 
-FORM_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+__all__ = [
+    "InvalidKey",
+    "digest",
+    "fingerprint",
+    "fit_key",
+    "fit_scope",
+    "parse_key",
+    "payload_hash",
+]
+
+_FORM_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 _PARSED_FORM = "_idempotency_form"
 
 
@@ -32,7 +42,7 @@ class InvalidKey(ValueError):
     """The client sent a key we cannot accept; the message says why."""
 
 
-def column_length(name: str) -> int:
+def _column_length(name: str) -> int:
     """The record column's ``max_length``: the model is the one place that states it."""
     from django_idempotency.models import IdempotencyRecord
 
@@ -44,7 +54,7 @@ def column_length(name: str) -> int:
 def __getattr__(name: str) -> int:
     # MAX_KEY_LENGTH and MAX_SCOPE_LENGTH, read from the model when asked for.
     if name in {"MAX_KEY_LENGTH", "MAX_SCOPE_LENGTH"}:
-        return column_length(name[len("MAX_") : -len("_LENGTH")].lower())
+        return _column_length(name[len("MAX_") : -len("_LENGTH")].lower())
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -58,7 +68,7 @@ def fit_key(key: str) -> str:
     stray newline is a bug, not another intent); encodable as UTF-8 (a lone surrogate
     fails in the database driver, which would look like an outage).
     """
-    limit = column_length("key")
+    limit = _column_length("key")
     if not key:
         raise InvalidKey("The key is empty.")
     if len(key) > limit:
@@ -81,7 +91,7 @@ def fit_scope(value: str) -> str:
     or not encodable as UTF-8.
     """
     if (
-        len(value) > column_length("scope")
+        len(value) > _column_length("scope")
         or value.endswith(" ")
         or "\x00" in value
         or not _encodable(value)
@@ -96,7 +106,7 @@ def fit_fingerprint(value: str) -> str:
     Never cut: MySQL's ``INSERT IGNORE`` (the claim) would store a too-long value
     truncated, and a retry would then never match its own record.
     """
-    if len(value) > column_length("fingerprint"):
+    if len(value) > _column_length("fingerprint"):
         value = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
     return value
 
@@ -138,13 +148,13 @@ def parse_key(raw: str | None) -> str | None:
 def sent_key(request: Any) -> str | None:
     """The raw key: the header, else the hidden field of an HTML form (double submits).
 
-    The form is read as ``parsed_form`` parses it, so a PUT or PATCH form carries its key
+    The form is read as ``_parsed_form`` parses it, so a PUT or PATCH form carries its key
     like a POST form does.
     """
     raw = request.META.get(conf.header_meta_key)
     if raw is not None:
         return str(raw)
-    parsed = parsed_form(request)
+    parsed = _parsed_form(request)
     if parsed is None:
         return None
     values = parsed[0].getlist(conf.FORM_FIELD)
@@ -203,27 +213,31 @@ def fingerprint(request: Any) -> str:
         "method": request.method,
         "route": route_of(request),
         "query": query,
-        "body": canonical_body(request),
+        "body": _canonical_body(request),
     }
     return digest(material)
 
 
 def digest(material: Any) -> str:
+    """SHA-256 of ``material`` as canonical JSON (sorted keys, compact), for fingerprints.
+
+    Canonical, so two equal payloads in another key order or spacing give one digest.
+    """
     encoded = json.dumps(material, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(encoded.encode()).hexdigest()
 
 
-def canonical_body(request: Any) -> Any:
+def _canonical_body(request: Any) -> Any:
     """The body as the view will see it, the same for every method.
 
-    Django parses forms into ``request.POST`` for POST only; ``parsed_form`` parses a
+    Django parses forms into ``request.POST`` for POST only; ``_parsed_form`` parses a
     PUT, PATCH or DELETE form the same way, so its fields and files count there too.
     """
     django_request = getattr(request, "_request", request)  # DRF wraps the HttpRequest
     content_type = _content_type(django_request)
-    if content_type in FORM_CONTENT_TYPES:
+    if content_type in _FORM_CONTENT_TYPES:
         try:
-            parsed = parsed_form(request)
+            parsed = _parsed_form(request)
         except ValueError:
             parsed = None  # not a form after all: compare bytes
         if parsed is not None:
@@ -243,7 +257,7 @@ def canonical_body(request: Any) -> Any:
     return {"bytes": hashlib.sha256(body).hexdigest()}
 
 
-def parsed_form(request: Any) -> tuple[QueryDict, MultiValueDict[str, Any]] | None:
+def _parsed_form(request: Any) -> tuple[QueryDict, MultiValueDict[str, Any]] | None:
     """A form request's fields and files, for any method; ``None`` for other bodies.
 
     A POST form is Django's own ``request.POST`` and ``request.FILES``. Any other
@@ -253,7 +267,7 @@ def parsed_form(request: Any) -> tuple[QueryDict, MultiValueDict[str, Any]] | No
     """
     django_request = getattr(request, "_request", request)  # DRF wraps the HttpRequest
     content_type = _content_type(django_request)
-    if content_type not in FORM_CONTENT_TYPES:
+    if content_type not in _FORM_CONTENT_TYPES:
         return None
     if django_request.method == "POST":
         return django_request.POST, django_request.FILES
@@ -318,4 +332,4 @@ def _plain(data: Any) -> Any:
 
 def payload_hash(request: Any) -> str:
     """A key derived from the payload alone: for webhooks and jobs that carry no key."""
-    return "payload:" + digest({"route": route_of(request), "body": canonical_body(request)})
+    return "payload:" + digest({"route": route_of(request), "body": _canonical_body(request)})

@@ -67,6 +67,8 @@ if TYPE_CHECKING:
     from django_idempotency.engine import Attempt
     from django_idempotency.operation import NotRun
 
+__all__ = ["Busy", "KeyReused", "OnceError", "Run", "Unavailable", "once"]
+
 F = TypeVar("F", bound=Callable[..., Any])
 _NO_PAYLOAD = object()
 

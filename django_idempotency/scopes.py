@@ -15,9 +15,11 @@ from typing import Any
 
 from django.utils.crypto import salted_hmac
 
+__all__ = ["by_user", "by_user_or_session", "global_scope", "session_scope"]
+
 #: Marks the hashed form (and its version): a raw session key never contains a colon.
-SESSION_PREFIX = "session:h1:"
-SESSION_SALT = "django_idempotency.scopes.by_user_or_session"
+_SESSION_PREFIX = "session:h1:"
+_SESSION_SALT = "django_idempotency.scopes.by_user_or_session"
 
 
 def by_user(request: Any) -> str:
@@ -51,8 +53,8 @@ def by_user_or_session(request: Any) -> str:
 
 def session_scope(session_key: str) -> str:
     """The scope of a guest's session (75 characters), never the session key itself."""
-    digest = salted_hmac(SESSION_SALT, session_key, algorithm="sha256").hexdigest()
-    return SESSION_PREFIX + digest
+    digest = salted_hmac(_SESSION_SALT, session_key, algorithm="sha256").hexdigest()
+    return _SESSION_PREFIX + digest
 
 
 def global_scope(request: Any) -> str:

@@ -52,16 +52,24 @@ from typing import Any
 
 from django.dispatch import Signal
 
-#: An attempt claimed a key (also sent on lease take-over, with ``record.attempts`` > 1).
-operation_started = Signal()
-#: An attempt stored its response; the business writes committed with it.
-operation_completed = Signal()
-#: A retry was answered from the stored response; the view did not run.
-operation_replayed = Signal()
-#: A request was refused: in progress elsewhere, key reused, lock conflict, lease lost.
-operation_conflict = Signal()
+__all__ = [
+    "key_hash",
+    "operation_completed",
+    "operation_conflict",
+    "operation_replayed",
+    "operation_started",
+]
 
-logger = logging.getLogger("django_idempotency")
+operation_started = Signal()
+"""An attempt claimed a key (also sent on lease take-over, with ``record.attempts`` > 1)."""
+operation_completed = Signal()
+"""An attempt stored its response; the business writes committed with it."""
+operation_replayed = Signal()
+"""A retry was answered from the stored response; the view did not run."""
+operation_conflict = Signal()
+"""A request was refused: in progress elsewhere, key reused, lock conflict, lease lost."""
+
+_logger = logging.getLogger("django_idempotency")
 
 
 def key_hash(key: str) -> str:
@@ -77,9 +85,9 @@ def _context(record: Any, key: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def log_started(sender: Any, record: Any, scope: str, key: str, **kwargs: Any) -> None:
-    if logger.isEnabledFor(logging.DEBUG):
-        logger.debug(
+def _log_started(sender: Any, record: Any, scope: str, key: str, **kwargs: Any) -> None:
+    if _logger.isEnabledFor(logging.DEBUG):
+        _logger.debug(
             "Operation %s started, attempt %s (key hash %s).",
             record.pk,
             record.attempts,
@@ -88,9 +96,9 @@ def log_started(sender: Any, record: Any, scope: str, key: str, **kwargs: Any) -
         )
 
 
-def log_completed(sender: Any, record: Any, scope: str, key: str, **kwargs: Any) -> None:
-    if logger.isEnabledFor(logging.INFO):
-        logger.info(
+def _log_completed(sender: Any, record: Any, scope: str, key: str, **kwargs: Any) -> None:
+    if _logger.isEnabledFor(logging.INFO):
+        _logger.info(
             "Operation %s completed with status %s (key hash %s).",
             record.pk,
             record.response_status,
@@ -99,9 +107,9 @@ def log_completed(sender: Any, record: Any, scope: str, key: str, **kwargs: Any)
         )
 
 
-def log_replayed(sender: Any, record: Any, scope: str, key: str, **kwargs: Any) -> None:
-    if logger.isEnabledFor(logging.INFO):
-        logger.info(
+def _log_replayed(sender: Any, record: Any, scope: str, key: str, **kwargs: Any) -> None:
+    if _logger.isEnabledFor(logging.INFO):
+        _logger.info(
             "Operation %s replayed its stored %s response (key hash %s).",
             record.pk,
             record.response_status,
@@ -110,11 +118,11 @@ def log_replayed(sender: Any, record: Any, scope: str, key: str, **kwargs: Any) 
         )
 
 
-def log_conflict(
+def _log_conflict(
     sender: Any, record: Any, scope: str, key: str, reason: str = "", **kwargs: Any
 ) -> None:
-    if logger.isEnabledFor(logging.INFO):
-        logger.info(
+    if _logger.isEnabledFor(logging.INFO):
+        _logger.info(
             "Operation %s refused: %s (key hash %s).",
             record.pk if record is not None else "-",
             reason,
@@ -129,7 +137,7 @@ def connect_logging() -> None:
     Lines carry the operation id and a short hash of the key, never the key, the
     scope or any body. The store being unavailable is logged at ERROR by the engine.
     """
-    operation_started.connect(log_started, dispatch_uid="django_idempotency.log_started")
-    operation_completed.connect(log_completed, dispatch_uid="django_idempotency.log_completed")
-    operation_replayed.connect(log_replayed, dispatch_uid="django_idempotency.log_replayed")
-    operation_conflict.connect(log_conflict, dispatch_uid="django_idempotency.log_conflict")
+    operation_started.connect(_log_started, dispatch_uid="django_idempotency.log_started")
+    operation_completed.connect(_log_completed, dispatch_uid="django_idempotency.log_completed")
+    operation_replayed.connect(_log_replayed, dispatch_uid="django_idempotency.log_replayed")
+    operation_conflict.connect(_log_conflict, dispatch_uid="django_idempotency.log_conflict")

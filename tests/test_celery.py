@@ -37,11 +37,11 @@ from tests.testapp.models import Order
 celery = pytest.importorskip("celery", reason="celery is not installed")
 
 from django_idempotency.celery import (  # noqa: E402
-    GRACE,
-    MAX_COUNTDOWN,
+    _GRACE,
+    _MAX_COUNTDOWN,
+    _plan_wait,
+    _wait_countdown,
     idempotent_task,
-    plan_wait,
-    wait_countdown,
 )
 from tests.celery_app.app import app  # noqa: E402
 from tests.celery_app.tasks import bound, pay_invoice, place_order  # noqa: E402
@@ -182,50 +182,50 @@ class TestUnfitKeys:
 
 
 class TestDuplicateWaits:
-    """How long a duplicate waits for the running attempt (``plan_wait``, no clock)."""
+    """How long a duplicate waits for the running attempt (``_plan_wait``, no clock)."""
 
     LEASE = timedelta(seconds=90)
 
     def test_a_live_committed_lease_is_waited_for_capped(self) -> None:
-        countdown, state = plan_wait(
+        countdown, state = _plan_wait(
             Busy("running", 60, reason="in_progress"), None, self.LEASE, now=1000.0
         )
-        assert countdown == MAX_COUNTDOWN
+        assert countdown == _MAX_COUNTDOWN
         assert state == {"until": 1060.0, "waits": 1}
 
     def test_a_lease_about_to_end_is_waited_for_until_then(self) -> None:
-        countdown, _state = plan_wait(
+        countdown, _state = _plan_wait(
             Busy("running", 1, reason="in_progress"), None, self.LEASE, now=1000.0
         )
         assert countdown == 1.0
 
     def test_an_invisible_attempt_is_given_one_lease_from_the_first_refusal(self) -> None:
-        first = plan_wait(Busy("lock", 1, reason="lock"), None, self.LEASE, now=1000.0)
+        first = _plan_wait(Busy("lock", 1, reason="lock"), None, self.LEASE, now=1000.0)
         assert first == (1.0, {"until": 1090.0, "waits": 1})
-        later = plan_wait(Busy("lock", 1, reason="lock"), first[1], self.LEASE, now=1050.0)
+        later = _plan_wait(Busy("lock", 1, reason="lock"), first[1], self.LEASE, now=1050.0)
         assert later == (2.0, {"until": 1090.0, "waits": 2})  # the deadline does not move
 
     def test_waiting_ends_a_grace_after_the_lease(self) -> None:
         state = {"until": 1090.0, "waits": 12}
-        grace = GRACE.total_seconds()
+        grace = _GRACE.total_seconds()
         busy = Busy("lock", 1, reason="lock")
-        assert plan_wait(busy, state, self.LEASE, now=1090.0 + grace) is not None
-        assert plan_wait(busy, state, self.LEASE, now=1090.0 + grace + 1) is None
+        assert _plan_wait(busy, state, self.LEASE, now=1090.0 + grace) is not None
+        assert _plan_wait(busy, state, self.LEASE, now=1090.0 + grace + 1) is None
 
     def test_a_lease_taken_over_by_another_attempt_is_waited_for_again(self) -> None:
         """A committed record's lease is read afresh each time: a new attempt, a new lease."""
         state = {"until": 1090.0, "waits": 12}
-        late = 1090.0 + GRACE.total_seconds() + 5
+        late = 1090.0 + _GRACE.total_seconds() + 5
         busy = Busy("running", 80, reason="in_progress")
-        assert plan_wait(busy, state, self.LEASE, now=late) == (
-            MAX_COUNTDOWN,
+        assert _plan_wait(busy, state, self.LEASE, now=late) == (
+            _MAX_COUNTDOWN,
             {"until": late + 80, "waits": 13},
         )
 
     def test_the_countdown_backs_off_to_the_cap(self) -> None:
         busy = Busy("lock", 1, reason="lock")
-        assert [wait_countdown(busy, n) for n in range(6)] == [1, 2, 4, 8, 10, 10]
-        assert MAX_COUNTDOWN == 10
+        assert [_wait_countdown(busy, n) for n in range(6)] == [1, 2, 4, 8, 10, 10]
+        assert _MAX_COUNTDOWN == 10
 
 
 def _fingerprint(payload: Any) -> str:

@@ -14,7 +14,7 @@ from django.db import connection
 from django.test import Client
 
 from django_idempotency.conditional import (
-    ANY,
+    _ANY,
     InvalidIfMatch,
     conditional_update,
     parse_if_match,
@@ -85,7 +85,7 @@ class TestParseIfMatch:
 
     def test_absent_and_star(self) -> None:
         assert parse_if_match(None) is None
-        assert parse_if_match("*") == ANY
+        assert parse_if_match("*") == _ANY
 
     @pytest.mark.parametrize("header", ["", "3", '"3', '"1" "2"', "W/3", '"a b"', '*, "1"'])
     def test_anything_else_is_invalid(self, header: str) -> None:
@@ -97,8 +97,8 @@ class TestParseIfMatch:
         assert parsed is not None
         assert not parsed.matches('"1"')
         assert parsed.matches('"2"')
-        assert ANY.matches('"anything"')
-        assert not ANY.matches(None)
+        assert _ANY.matches('"anything"')
+        assert not _ANY.matches(None)
 
     def test_quote_etag_refuses_what_cannot_be_quoted(self) -> None:
         assert quote_etag(3) == '"3"'

@@ -132,7 +132,7 @@ def test_a_replay_is_never_more_cacheable_than_the_original(original):
     assert who_may_store(replay.get("Cache-Control")) <= who_may_store(original)
     assert lifetime(replay.get("Cache-Control")) <= lifetime(original)
     # The stored rules are repeated as they were; without any, nobody may keep it.
-    assert replay["Cache-Control"] == (original or responses.REPLAY_CACHE_CONTROL)
+    assert replay["Cache-Control"] == (original or responses._REPLAY_CACHE_CONTROL)
     assert Order.objects.count() == 1
 
 

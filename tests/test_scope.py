@@ -117,7 +117,7 @@ def test_a_guests_scope_is_a_keyed_hash_never_the_session_key() -> None:
     assert re.fullmatch(r"session:h1:[0-9a-f]{64}", scope)
     assert len(scope) <= keys.MAX_SCOPE_LENGTH
     assert scope == scopes.session_scope(session_key)
-    expected = salted_hmac(scopes.SESSION_SALT, session_key, algorithm="sha256").hexdigest()
+    expected = salted_hmac(scopes._SESSION_SALT, session_key, algorithm="sha256").hexdigest()
     assert scope == "session:h1:" + expected
 
 
