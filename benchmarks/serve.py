@@ -103,6 +103,7 @@ class Gunicorn:
         *,
         workers: int = 4,
         timeout: float = 30,
+        graceful_timeout: int = 2,
         log: Path,
         env: dict[str, str] | None = None,
     ) -> None:
@@ -120,7 +121,7 @@ class Gunicorn:
             "--timeout",
             str(round(timeout)),
             "--graceful-timeout",
-            "2",
+            str(graceful_timeout),
             "--backlog",
             "512",
             "--preload",
