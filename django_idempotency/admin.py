@@ -29,6 +29,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
+from django_idempotency import clock
 from django_idempotency.models import (
     IdempotencyRecord,
     IdempotencyRecordQuerySet,
@@ -83,7 +84,7 @@ class ExpiredFilter(admin.SimpleListFilter):
     def queryset(
         self, request: HttpRequest, queryset: QuerySet[IdempotencyRecord]
     ) -> QuerySet[IdempotencyRecord]:
-        return choose(queryset, self.value(), expired_at(timezone.now()))
+        return choose(queryset, self.value(), expired_at(clock.Now()))
 
 
 class StuckFilter(admin.SimpleListFilter):
@@ -98,7 +99,7 @@ class StuckFilter(admin.SimpleListFilter):
     def queryset(
         self, request: HttpRequest, queryset: QuerySet[IdempotencyRecord]
     ) -> QuerySet[IdempotencyRecord]:
-        stuck = Q(status=Status.IN_PROGRESS, locked_until__lte=timezone.now())
+        stuck = Q(status=Status.IN_PROGRESS, locked_until__lte=clock.Now())
         return choose(queryset, self.value(), stuck)
 
 
@@ -157,7 +158,17 @@ class IdempotencyRecordAdmin(ModelAdmin):
         (None, {"fields": ("id", "key", "scope", "status", "method", "route", "fingerprint")}),
         (
             _("Attempt"),
-            {"fields": ("attempts", "lease", "lease_token", "locked_until", "recovery_point")},
+            {
+                "fields": (
+                    "attempts",
+                    "lease",
+                    "liveness",
+                    "claimed_at",
+                    "lease_token",
+                    "locked_until",
+                    "recovery_point",
+                )
+            },
         ),
         (
             _("Stored response"),
@@ -229,7 +240,7 @@ class IdempotencyRecordAdmin(ModelAdmin):
     def lease(self, obj: IdempotencyRecord) -> str:
         if obj.status != Status.IN_PROGRESS or obj.locked_until is None:
             return "-"
-        if obj.lease_is_live():
+        if obj.lease_is_live(clock.read(obj._state.db or records_database())):
             return str(_("live"))
         return str(_("ran out: stuck"))
 

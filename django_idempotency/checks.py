@@ -21,6 +21,7 @@ id                            reported when
 ``django_idempotency.E012``   ``PROBLEM_BASE_URL`` is not a string
 ``django_idempotency.E013``   ``IdempotentMixin`` is used but ``rest_framework`` is not installed
 ``django_idempotency.E014``   an ``atomic=False`` view runs inside ``ATOMIC_REQUESTS``
+``django_idempotency.E015``   ``SESSION_LOCKS`` is not ``"auto"``, ``True`` or ``False``
 ``django_idempotency.W001``   records live on another database than the models views write
 ``django_idempotency.W002``   ``IDEMPOTENCY`` has keys this version does not know
 ``django_idempotency.W003``   ``LEASE`` is shorter than 30 seconds
@@ -210,6 +211,17 @@ def _problem_base_url(value: Any) -> tuple[str, str, str] | None:
     )
 
 
+def _session_locks(value: Any) -> tuple[str, str, str] | None:
+    if value == "auto" or isinstance(value, bool):
+        return None
+    return (
+        f"must be 'auto', True or False, not {value!r}.",
+        "'auto' (the default) holds a session lock during atomic=False work unless the "
+        "database sets DISABLE_SERVER_SIDE_CURSORS (transaction pooling); False: lease only.",
+        "E015",
+    )
+
+
 VALIDATORS: dict[str, Callable[[Any], tuple[str, str, str] | None]] = {
     "HEADER": _header,
     "REQUIRED": _required,
@@ -222,6 +234,7 @@ VALIDATORS: dict[str, Callable[[Any], tuple[str, str, str] | None]] = {
     "FORM_FIELD": _form_field,
     "PURGE_GRACE": _non_negative_duration("E011", "timedelta(days=1)"),
     "PROBLEM_BASE_URL": _problem_base_url,
+    "SESSION_LOCKS": _session_locks,
 }
 
 

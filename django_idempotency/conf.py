@@ -14,6 +14,8 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.utils.module_loading import import_string
 
+__all__ = ["DEFAULTS", "Settings", "conf"]
+
 DEFAULTS: dict[str, Any] = {
     "HEADER": "Idempotency-Key",
     "REQUIRED": False,
@@ -25,8 +27,10 @@ DEFAULTS: dict[str, Any] = {
     "METHODS": ("POST", "PUT", "PATCH", "DELETE"),
     "FORM_FIELD": "idempotency_key",
     "PURGE_GRACE": timedelta(days=1),
+    "SESSION_LOCKS": "auto",
     "PROBLEM_BASE_URL": "https://django-idempotency.readthedocs.io/en/latest/reference/problems/#",
 }
+"""Every setting's default: what ``conf`` answers for a name ``IDEMPOTENCY`` leaves out."""
 
 
 class Settings:
@@ -96,8 +100,20 @@ class Settings:
         return self.get("PURGE_GRACE")  # type: ignore[no-any-return]
 
     @property
+    def SESSION_LOCKS(self) -> bool | str:
+        """Whether ``atomic=False`` work holds a session-level lock while it runs, so a
+        retry can take over a crashed attempt at once instead of after its lease:
+        ``"auto"`` (on PostgreSQL and MySQL/MariaDB unless the alias sets
+        ``DISABLE_SERVER_SIDE_CURSORS``, as behind a transaction-pooling PgBouncer),
+        ``True`` or ``False``. See ``database.session_locks``.
+        """
+        value = self.get("SESSION_LOCKS")
+        return value if value == "auto" else bool(value)
+
+    @property
     def PROBLEM_BASE_URL(self) -> str:
         return str(self.get("PROBLEM_BASE_URL"))
 
 
 conf = Settings()
+"""The settings: ``conf.TTL``, ``conf.SCOPE``... read ``settings.IDEMPOTENCY`` on each access."""

@@ -8,6 +8,8 @@ itself doomed, or one the guard finds already open, is neither: see below.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError
@@ -71,3 +73,41 @@ def inside_transaction(connection: Any) -> bool:
     return bool(connection.in_atomic_block) and not all(
         getattr(block, "_from_testcase", False) for block in connection.atomic_blocks
     )
+
+
+def session_locks(connection: Any) -> bool:
+    """Whether ``atomic=False`` attempts on ``connection`` may show their liveness by a
+    session-level lock (``IDEMPOTENCY["SESSION_LOCKS"]``).
+
+    ``"auto"``: on PostgreSQL and MySQL/MariaDB, unless the alias sets
+    ``DISABLE_SERVER_SIDE_CURSORS``, which Django's documentation asks of every project
+    behind a transaction-pooling PgBouncer. There a session lock is unsafe both ways:
+    the pooler may give the holder's server session to a retry, for which the lock is
+    free (sessions locks are reentrant), and the holder's own ``unlock`` may run on
+    another one. Off, the attempt has its lease only.
+    """
+    from django_idempotency.conf import conf
+
+    setting = conf.SESSION_LOCKS
+    if connection.vendor not in ("postgresql", "mysql") or setting is False:
+        return False
+    if setting is True:
+        return True
+    return not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS", False)
+
+
+@contextmanager
+def fresh_connection(connection: Any) -> Iterator[Any]:
+    """A new connection to ``connection``'s database, closed afterwards: for the release
+    of a key whose request's connection has just failed. ``None`` for an in-memory
+    SQLite database, which another connection would not see."""
+    from django.db import connections
+
+    if connection.vendor == "sqlite" and connection.is_in_memory_db():
+        yield None
+        return
+    other = connections.create_connection(connection.alias)
+    try:
+        yield other
+    finally:
+        other.close()

@@ -23,8 +23,10 @@ from django_idempotency.conf import conf
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-KeyFunction = Callable[[Any], "str | None"]
-FIRST_POLL = 0.05
+__all__ = ["Guard", "GuardOptions"]
+
+_KeyFunction = Callable[[Any], "str | None"]
+_FIRST_POLL = 0.05
 T = TypeVar("T")
 
 
@@ -38,7 +40,7 @@ class GuardOptions(TypedDict, total=False):
     required: bool | None
     atomic: bool
     single_transaction: bool
-    key: KeyFunction | None
+    key: _KeyFunction | None
     fingerprint: Callable[[Any], str] | None
     scope: Callable[[Any], str] | None
     ttl: timedelta | None
@@ -47,6 +49,13 @@ class GuardOptions(TypedDict, total=False):
 
 
 class Guard:
+    """One guarded view's options, validated once where the view is decorated.
+
+    ``@idempotent`` and ``IdempotentMixin.get_idempotency_guard()`` build one from
+    ``GuardOptions``; a view carries it as ``view.idempotency_guard``. Only the
+    constructor is public: how it runs a request may change.
+    """
+
     def __init__(self, **options: Unpack[GuardOptions]) -> None:
         unknown = sorted(options.keys() - GuardOptions.__optional_keys__)
         if unknown:
@@ -109,7 +118,7 @@ class Guard:
             return intent
         policy = self.policy()
         deadline = time.monotonic() + policy.wait.total_seconds()
-        pause = FIRST_POLL
+        pause = _FIRST_POLL
         while True:
             outcome = self._execute(request, intent, policy, view)
             remaining = deadline - time.monotonic()
@@ -131,7 +140,7 @@ class Guard:
             return intent
         policy = self.policy()
         deadline = time.monotonic() + policy.wait.total_seconds()
-        pause = FIRST_POLL
+        pause = _FIRST_POLL
         execute = sync_to_async(self._execute, thread_sensitive=True)
         while True:
             outcome = await execute(request, intent, policy, view)
@@ -168,7 +177,7 @@ class Guard:
             return responses.mismatch(outcome.record)
         if isinstance(outcome, operation.Conflict):
             return responses.busy(outcome.reason, outcome.retry_after)
-        return responses.unavailable()
+        return responses.unavailable(outcome.retry_after)
 
 
 def _mode_of(options: GuardOptions) -> engine.Mode:
@@ -210,7 +219,7 @@ def _opted_out(request: Any, alias: str) -> bool:
     return alias in set(getattr(view, "_non_atomic_requests", ()))  # real members only
 
 
-class RecordsDatabase(set[str]):
+class _RecordsDatabase(set[str]):
     """``view._non_atomic_requests`` that also names the records' database.
 
     Resolved per request, because the database router is not known when a view is
@@ -223,5 +232,5 @@ class RecordsDatabase(set[str]):
 
 
 def opt_out_of_atomic_requests(view: Any) -> Any:
-    view._non_atomic_requests = RecordsDatabase(getattr(view, "_non_atomic_requests", ()))
+    view._non_atomic_requests = _RecordsDatabase(getattr(view, "_non_atomic_requests", ()))
     return view

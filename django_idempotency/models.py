@@ -13,17 +13,20 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from django.db import DatabaseError, IntegrityError, connections, models, router, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from django_idempotency import clock
 from django_idempotency.database import is_lock_conflict
-from django_idempotency.sql import Statements, lock_timeout, statements
+from django_idempotency.sql import CLOCKED, Statements, lock_timeout, statements
 
-BATCH_TRIES = 5
+__all__ = ["IdempotencyRecord", "IdempotencyRecordQuerySet", "PurgeBatch", "PurgeResult"]
+
+_BATCH_TRIES = 5
 
 
 class Status(models.TextChoices):
@@ -31,26 +34,56 @@ class Status(models.TextChoices):
     COMPLETED = "completed"
 
 
+class Liveness(models.TextChoices):
+    """How the running attempt shows it is alive, so that a retry can tell a crash from a
+    slow view without waiting for the lease.
+
+    ``ROW``: the attempt holds the record's row lock while it works (the atomic modes),
+    which the database drops the instant the attempt's connection dies. ``SESSION``: its
+    connection holds a session-level lock named for the operation (``atomic=False``).
+    ``LEASE``: nothing but the lease (SQLite; ``atomic=False`` where session locks are
+    off), so a retry waits for ``locked_until``.
+    """
+
+    LEASE = ""
+    ROW = "row"
+    SESSION = "session"
+
+
 def records_database() -> str:
     """Records always live on the write database: a replica's stale read is a duplicate."""
     return router.db_for_write(IdempotencyRecord) or "default"
 
 
-def expired_at(now: datetime) -> Q:
+def expired_at(now: datetime | clock.Now) -> Q:
     """The one rule for "expired": past ``expires_at`` and holding no live lease.
 
     An IN_PROGRESS record whose lease still runs is never expired, even past its
     ``expires_at`` (a view whose ``ttl`` is shorter than its lease): its attempt may
     still commit, so treating the key as free would run the work a second time.
+    ``now`` is a time read from the database's clock, or ``clock.Now()`` itself.
     """
-    return Q(expires_at__lte=now) & ~live_lease(now)
+    return Q(expires_at__lte=now) & ~_live_lease(now)
 
 
-def live_lease(now: datetime) -> Q:
+def _live_lease(now: datetime | clock.Now) -> Q:
     return Q(status=Status.IN_PROGRESS, locked_until__gt=now)
 
 
+class _Claim(NamedTuple):
+    """What ``IdempotencyRecordQuerySet.claim`` found: the new record (``created``),
+    the record holding the key, or none (it was deleted in between); ``now`` is the
+    database's time of that read."""
+
+    record: IdempotencyRecord | None
+    created: bool
+    now: datetime | None = None
+
+
 class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
+    """Every write to records, each fenced by the attempt's ``lease_token``; and the
+    operator's queries (expired, stuck, purge) on the database's clock."""
+
     def _sql(self) -> tuple[Statements, Any]:
         """The hot statements and the connection they run on, looked up once."""
         connection = connections[self.db]
@@ -59,14 +92,14 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
     def lookup(self, scope: str, key: str) -> IdempotencyRecord | None:
         sql, connection = self._sql()
         with connection.cursor() as cursor:
-            return self._read(sql, connection, cursor, scope, key)
+            return self._read(sql, connection, cursor, scope, key).record
 
-    def _read(
-        self, sql: Statements, connection: Any, cursor: Any, scope: str, key: str
-    ) -> IdempotencyRecord | None:
+    def _read(self, sql: Statements, connection: Any, cursor: Any, scope: str, key: str) -> _Claim:
         cursor.execute(sql.lookup, [scope, key])
         row = cursor.fetchone()
-        return None if row is None else sql.instance(row, connection)
+        if row is None:
+            return _Claim(None, False)
+        return _Claim(sql.instance(row, connection), False, sql.now(row, connection))
 
     def claim(
         self,
@@ -78,14 +111,18 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         route: str,
         lease: timedelta,
         ttl: timedelta,
+        liveness: str = Liveness.LEASE,
         wait: timedelta | None = None,
-    ) -> tuple[IdempotencyRecord | None, bool]:
+    ) -> _Claim:
         """Insert a new IN_PROGRESS record, or read the record that holds (scope, key).
 
-        Returns ``(record, True)`` for the new record, ``(existing, False)`` when the key
-        is taken, and ``(None, False)`` when the holder was deleted in between: claim
-        again. The insert ignores conflicts instead of raising, so it needs no savepoint
-        inside a transaction and leaves no error in the database log. A concurrent
+        Returns ``(record, True)`` for the new record, ``(existing, False, now)`` when
+        the key is taken, and ``(None, False)`` when the holder was deleted in between:
+        claim again. The lease and expiry are the database's time plus ``lease`` and
+        ``ttl``; the new record's clocked fields load when first read.
+
+        The insert ignores conflicts instead of raising, so it needs no savepoint inside
+        a transaction and leaves no error in the database log. A concurrent
         uncommitted insert of the same key makes it wait (PostgreSQL, InnoDB) until that
         transaction ends; ``wait`` bounds that wait with a lock timeout set by the insert
         itself: on PostgreSQL it stays in force for the rest of the transaction, on
@@ -95,7 +132,7 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         one statement, and a retry two. (One statement for both, a CTE on PostgreSQL,
         measured slower than the two: the server plans it afresh every time.)
         """
-        now = timezone.now()
+        now = clock.app_now()  # written only where the database has no clock here
         values: dict[str, Any] = {
             "id": uuid.uuid4(),
             "scope": scope,
@@ -111,6 +148,8 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
             "locked_until": now + lease,
             "attempts": 1,
             "recovery_point": "",
+            "liveness": str(liveness),
+            "claimed_at": now,
             "created_at": now,
             "completed_at": None,
             "expires_at": now + ttl,
@@ -119,7 +158,7 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         if not sql.supports_ignore:
             return self._claim_or_fail(sql, values)
         statement = sql.insert
-        params = sql.claim_params(values, connection)
+        params = sql.claim_params(values, {"locked_until": lease, "expires_at": ttl}, connection)
         if wait is not None and sql.bounded_insert is not None:
             statement = sql.bounded_insert
             params.append(lock_timeout(wait))
@@ -129,56 +168,92 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         with connection.cursor() as cursor:
             cursor.execute(statement, params)
             if cursor.rowcount != 1:
-                return self._read(sql, connection, cursor, scope, key), False
-        return self.model.from_db(self.db, sql.names, [values[name] for name in sql.names]), True
+                return self._read(sql, connection, cursor, scope, key)
+        names = [name for name in sql.names if not (sql.clocked and name in CLOCKED)]
+        return _Claim(self.model.from_db(self.db, names, [values[name] for name in names]), True)
 
-    def _claim_or_fail(
-        self, sql: Statements, values: dict[str, Any]
-    ) -> tuple[IdempotencyRecord | None, bool]:
+    def _claim_or_fail(self, sql: Statements, values: dict[str, Any]) -> _Claim:
         """For backends that cannot ignore a conflict (Oracle): insert, or catch the error."""
         record = self.model(**values)
         try:
             with transaction.atomic(using=self.db):
                 self.model.objects.using(self.db).bulk_create([record])
         except IntegrityError:
-            return self.lookup(values["scope"], values["key"]), False
+            sql, connection = self._sql()
+            with connection.cursor() as cursor:
+                return self._read(sql, connection, cursor, values["scope"], values["key"])
         record._state.adding = False
         record._state.db = self.db
-        return record, True
+        return _Claim(record, True)
 
     def discard_expired(self, record: IdempotencyRecord) -> bool:
         """Delete ``record`` if it has expired, so that the key can be claimed afresh."""
-        deleted, _count = self.filter(expired_at(timezone.now()), pk=record.pk).delete()
+        deleted, _count = self.filter(expired_at(clock.Now()), pk=record.pk).delete()
         return bool(deleted)
 
-    def take_over(self, record: IdempotencyRecord, lease: timedelta) -> IdempotencyRecord | None:
-        """Give a crashed attempt's expired lease to a new attempt, once.
+    def take_over(
+        self,
+        record: IdempotencyRecord,
+        lease: timedelta,
+        liveness: str = Liveness.LEASE,
+        *,
+        live: bool = False,
+    ) -> IdempotencyRecord | None:
+        """Give a crashed attempt's lease to a new attempt, once.
 
-        Two retries racing for the same dead lease both run this UPDATE; the
-        ``lease_token`` condition lets exactly one of them match.
+        Two retries racing for the same lease both run this UPDATE; the ``lease_token``
+        condition lets exactly one of them match. The lease must have ended on the
+        database's clock, unless ``live``: the caller holds the proof that its attempt
+        is gone (the lock that attempt held while it worked).
         """
-        now = timezone.now()
         token = uuid.uuid4()
-        updated = self.filter(
-            pk=record.pk,
-            lease_token=record.lease_token,
-            status=Status.IN_PROGRESS,
-            locked_until__lte=now,
-        ).update(lease_token=token, locked_until=now + lease, attempts=F("attempts") + 1)
+        fence = Q(pk=record.pk, lease_token=record.lease_token, status=Status.IN_PROGRESS)
+        if not live:
+            fence &= Q(locked_until__lte=clock.Now())
+        updated = self.filter(fence).update(
+            lease_token=token,
+            locked_until=clock.after(lease),
+            claimed_at=clock.Now(),
+            liveness=liveness,
+            attempts=F("attempts") + 1,
+        )
         if not updated:
             return None
         record.lease_token = token
-        record.locked_until = now + lease
+        record.liveness = liveness
         record.attempts += 1
+        _reload_on_read(record, "locked_until", "claimed_at")
         return record
 
     def lock(self, record: IdempotencyRecord, *, nowait: bool = False) -> bool:
         """Row-lock ``record`` for the rest of the transaction if its lease is still ours."""
         sql, connection = self._sql()
-        params = sql.where_params({"id": record.pk, "lease_token": record.lease_token}, connection)
         with connection.cursor() as cursor:
-            cursor.execute(sql.lock_nowait if nowait else sql.lock, params)
+            cursor.execute(sql.lock_nowait if nowait else sql.lock, self._leased(sql, record))
             return cursor.fetchone() is not None
+
+    def hold_session(self, record: IdempotencyRecord) -> bool:
+        """Take the session lock named for ``record``'s operation, without waiting, if the
+        record still carries its lease token. ``False``: another session holds it (the
+        attempt is alive), or the lease is no longer this one."""
+        sql, connection = self._sql()
+        assert sql.session is not None
+        params = [sql.session.name(record.pk), *self._leased(sql, record)]
+        with connection.cursor() as cursor:
+            cursor.execute(sql.session.acquire, params)
+            row = cursor.fetchone()
+        return row is not None and bool(row[0])
+
+    def end_session(self, record: IdempotencyRecord, connection: Any = None) -> None:
+        """Drop the session lock named for ``record``'s operation (if this session has it)."""
+        sql, own = self._sql()
+        assert sql.session is not None
+        with (connection or own).cursor() as cursor:
+            cursor.execute(sql.session.release, [sql.session.name(record.pk)])
+
+    def _leased(self, sql: Statements, record: IdempotencyRecord) -> list[Any]:
+        connection = connections[self.db]
+        return sql.where_params({"id": record.pk, "lease_token": record.lease_token}, connection)
 
     def finalize(
         self,
@@ -188,9 +263,14 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         headers: dict[str, str],
         body: bytes | None,
         ttl: timedelta,
+        end_session: bool = False,
     ) -> bool:
-        """Mark the attempt COMPLETED with its response; ``False`` if the lease was lost."""
-        now = timezone.now()
+        """Mark the attempt COMPLETED with its response; ``False`` if the lease was lost.
+
+        ``end_session`` drops the attempt's session lock in the same statement (only if
+        the record was ours: otherwise the caller must ``end_session`` itself).
+        """
+        now = clock.app_now()
         values: dict[str, Any] = {
             "status": str(Status.COMPLETED),
             "response_status": status,
@@ -205,41 +285,61 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
             "lease_token": record.lease_token,
             "status": str(Status.IN_PROGRESS),
         }
-        params = sql.finalize_params(values, fence, connection)
+        params = sql.finalize_params(values, ttl, fence, connection)
+        statement = sql.finalize
+        if end_session and sql.finalize_unlocking is not None:
+            assert sql.session is not None
+            statement = sql.finalize_unlocking
+            name = sql.session.name(record.pk)
+            if sql.vendor == "mysql":
+                params.insert(len(params) - len(fence), name)
+            else:
+                params.append(name)
         with connection.cursor() as cursor:
-            cursor.execute(sql.finalize, params)
+            cursor.execute(statement, params)
             updated = cursor.rowcount
         if updated != 1:
             return False
         for name, value in values.items():
             setattr(record, name, value)
         record.locked_until = None
+        if sql.clocked:
+            _reload_on_read(record, "completed_at", "expires_at")
         return True
 
-    def release(self, record: IdempotencyRecord) -> bool:
-        """Forget an attempt whose writes were rolled back, so a retry runs again."""
-        deleted, _count = self.filter(
-            pk=record.pk,
-            lease_token=record.lease_token,
-            status=Status.IN_PROGRESS,
-        ).delete()
-        return bool(deleted)
+    def release(self, record: IdempotencyRecord, connection: Any = None) -> bool:
+        """Forget an attempt whose writes were rolled back, so a retry runs again.
 
-    def unlock(self, record: IdempotencyRecord) -> bool:
+        ``connection``: another connection to this database, for when the request's own
+        has failed (see ``engine``).
+        """
+        sql, own = self._sql()
+        with (connection or own).cursor() as cursor:
+            cursor.execute(sql.release, self._fence(sql, record))
+            return bool(cursor.rowcount == 1)
+
+    def unlock(self, record: IdempotencyRecord, connection: Any = None) -> bool:
         """End the lease at once but keep the record, its id and its recovery point.
 
         Used when work outside the database may already have happened: the retry takes
         over the same operation id, so derived downstream keys stay the same.
         """
-        now = timezone.now()
-        updated = self.filter(
-            pk=record.pk,
-            lease_token=record.lease_token,
-            status=Status.IN_PROGRESS,
-        ).update(locked_until=now)
+        sql, own = self._sql()
+        with (connection or own).cursor() as cursor:
+            cursor.execute(sql.unlock, sql.now_params() + self._fence(sql, record))
+            updated = cursor.rowcount == 1
         if updated:
-            record.locked_until = now
+            _reload_on_read(record, "locked_until")
         return bool(updated)
+
+    def _fence(self, sql: Statements, record: IdempotencyRecord) -> list[Any]:
+        """The parameters of ``WHERE id, lease_token, status = IN_PROGRESS``."""
+        fence = {
+            "id": record.pk,
+            "lease_token": record.lease_token,
+            "status": str(Status.IN_PROGRESS),
+        }
+        return sql.where_params(fence, connections[self.db])
 
     def checkpoint(self, record: IdempotencyRecord, recovery_point: str) -> bool:
         updated = self.filter(
@@ -252,14 +352,14 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         return bool(updated)
 
     def expired(self, now: datetime | None = None) -> IdempotencyRecordQuerySet:
-        expired: IdempotencyRecordQuerySet = self.filter(expired_at(now or timezone.now()))
+        expired: IdempotencyRecordQuerySet = self.filter(expired_at(now or clock.Now()))
         return expired
 
     def stuck(self, now: datetime | None = None) -> IdempotencyRecordQuerySet:
         """IN_PROGRESS records whose lease has run out: their attempt crashed or hangs."""
         return self.filter(  # type: ignore[no-any-return]
             status=Status.IN_PROGRESS,
-            locked_until__lte=now or timezone.now(),
+            locked_until__lte=now or clock.Now(),
         )
 
     # Operating: purge and release, for the purge command and the admin actions.
@@ -269,7 +369,7 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
     ) -> IdempotencyRecordQuerySet:
         """Records that expired at least ``older_than`` ago and hold no live lease now."""
         return self.filter(  # type: ignore[no-any-return]
-            Q(expires_at__lte=now - older_than) & ~live_lease(now)
+            Q(expires_at__lte=now - older_than) & ~_live_lease(now)
         )
 
     def purgeable_abandoned(
@@ -314,8 +414,8 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        now = now or timezone.now()
         records = self._on_write_database()
+        now = now or clock.read(records.db)
         kinds = (
             ("expired", records.purgeable_expired(now, older_than), ("expires_at",)),
             (
@@ -358,7 +458,6 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         reached a checkpoint, so it may already have acted outside the database, and a
         retry that takes the record over resumes it with the same derived keys.
         """
-        now = now or timezone.now()
         stuck = self._on_write_database().stuck(now)
         kept = stuck.exclude(recovery_point="").count()
         released = 0
@@ -389,7 +488,7 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         limit = connection.features.max_query_params
         chunk = max(limit - 50, 1) if limit else batch_size
         label = self.model._meta.label
-        for attempt in range(BATCH_TRIES):
+        for attempt in range(_BATCH_TRIES):
             try:
                 with transaction.atomic(using=self.db):
                     ids = list(selection.values_list("pk", flat=True)[:batch_size])
@@ -401,14 +500,18 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
             except DatabaseError as exc:
                 # Two purges (or a purge and live traffic) can deadlock on InnoDB's index
                 # locks even with SKIP LOCKED; the batch rolled back whole, so run it again.
-                if not is_lock_conflict(exc) or attempt == BATCH_TRIES - 1:
+                if not is_lock_conflict(exc) or attempt == _BATCH_TRIES - 1:
                     raise
                 time.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")
 
 
 class IdempotencyRecord(models.Model):
+    """One intent: the key its client sent within a scope, the request's fingerprint,
+    and, once done, the response every retry gets back."""
+
     Status = Status
+    Liveness = Liveness
 
     id = models.UUIDField(_("operation id"), primary_key=True, default=uuid.uuid4, editable=False)
     scope = models.CharField(_("scope"), max_length=255)
@@ -424,6 +527,15 @@ class IdempotencyRecord(models.Model):
     locked_until = models.DateTimeField(_("locked until"), null=True, blank=True)
     attempts = models.PositiveIntegerField(_("attempts"), default=1)
     recovery_point = models.CharField(_("recovery point"), max_length=100, blank=True, default="")
+    claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
+    liveness = models.CharField(
+        _("liveness"),
+        max_length=8,
+        choices=Liveness.choices,
+        blank=True,
+        default=Liveness.LEASE,
+        db_default=Liveness.LEASE,
+    )
     created_at = models.DateTimeField(_("created at"), default=timezone.now)
     completed_at = models.DateTimeField(_("completed at"), null=True, blank=True)
     expires_at = models.DateTimeField(_("expires at"))
@@ -447,13 +559,25 @@ class IdempotencyRecord(models.Model):
         return f"{self.key} ({self.scope})"
 
     def is_expired(self, now: datetime | None = None) -> bool:
-        """``expired_at`` in Python: past ``expires_at`` and no live lease."""
-        now = now or timezone.now()
+        """``expired_at`` in Python: past ``expires_at`` and no live lease.
+
+        ``now`` should come from the database's clock (``clock.read``, or the time a
+        claim read with the record); by default it is read.
+        """
+        now = now or clock.read(self._state.db or records_database())
         live = self.status == Status.IN_PROGRESS and self.lease_is_live(now)
         return self.expires_at <= now and not live
 
     def lease_is_live(self, now: datetime | None = None) -> bool:
-        return self.locked_until is not None and self.locked_until > (now or timezone.now())
+        if self.locked_until is None:
+            return False
+        return self.locked_until > (now or clock.read(self._state.db or records_database()))
+
+
+def _reload_on_read(record: IdempotencyRecord, *names: str) -> None:
+    """Let fields the database computed load when read (Django's deferred fields)."""
+    for name in names:
+        record.__dict__.pop(name, None)
 
 
 @dataclass(frozen=True)

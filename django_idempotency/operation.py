@@ -20,6 +20,8 @@ from django_idempotency.models import IdempotencyRecord, IdempotencyRecordQueryS
 if TYPE_CHECKING:
     from django_idempotency.engine import Mode
 
+__all__ = ["Operation", "Unguarded"]
+
 R = TypeVar("R")
 
 
@@ -32,6 +34,12 @@ class Intent:
     fingerprint: str
     method: str = ""
     route: str = ""
+    #: The same request's fingerprints under earlier secrets, which records made before
+    #: a key rotation still carry: they are the same intent, not a reused key.
+    earlier: tuple[str, ...] = ()
+
+    def matches(self, fingerprint: str) -> bool:
+        return fingerprint == self.fingerprint or fingerprint in self.earlier
 
 
 @dataclass(frozen=True)
@@ -174,7 +182,11 @@ class Conflict:
 
 @dataclass(frozen=True)
 class StoreDown:
+    """The store failed. ``retry_after``: when a retry can succeed; longer than the
+    default only when the attempt's key stays claimed until its lease ends."""
+
     error: BaseException
+    retry_after: int = 5
 
 
 NotRun = Replay | InProgress | Mismatch | Conflict | StoreDown

@@ -14,8 +14,10 @@ from django_idempotency.conf import conf
 from django_idempotency.models import IdempotencyRecord
 from django_idempotency.operation import Stored
 
+__all__ = ["accepted"]
+
 REPLAYED_HEADER = "Idempotent-Replayed"
-STORED_HEADERS = frozenset(
+_STORED_HEADERS = frozenset(
     {"content-type", "location", "content-location", "etag", "last-modified", "link"}
     # They describe the stored bytes: gzip bytes replayed without their encoding are garbage.
     | {"content-encoding", "content-language", "content-disposition"}
@@ -25,9 +27,9 @@ STORED_HEADERS = frozenset(
 )
 # Replays of records stored without Cache-Control (an original without one, or a record
 # of an older version that did not store it): the stricter answer is always safe.
-REPLAY_CACHE_CONTROL = "no-store"
+_REPLAY_CACHE_CONTROL = "no-store"
 # Never stored, even when they start with X-: they belong to one client or one hop.
-NEVER_STORED = frozenset(
+_NEVER_STORED = frozenset(
     {
         "set-cookie",
         "date",
@@ -60,7 +62,7 @@ def capture(response: HttpResponseBase, max_bytes: int | None = None) -> Stored 
     if callable(getattr(response, "render", None)) and not getattr(response, "is_rendered", True):
         response.render()  # type: ignore[attr-defined]
     limit = conf.MAX_RESPONSE_BYTES if max_bytes is None else max_bytes
-    headers = storable_headers(response)
+    headers = _storable_headers(response)
     if isinstance(response, StreamingHttpResponse):
         body = _drain(response, limit)
     else:
@@ -91,13 +93,13 @@ def _chain(first: list[bytes], rest: Iterable[Any]) -> Iterable[bytes]:
     yield from rest
 
 
-def storable_headers(response: HttpResponseBase) -> dict[str, str]:
+def _storable_headers(response: HttpResponseBase) -> dict[str, str]:
     stored = {}
     for name, value in response.items():
         lower = name.lower()
-        if lower in NEVER_STORED:
+        if lower in _NEVER_STORED:
             continue
-        if lower in STORED_HEADERS or lower.startswith("x-"):
+        if lower in _STORED_HEADERS or lower.startswith("x-"):
             stored[name] = value
     return stored
 
@@ -111,13 +113,13 @@ def replay(record: IdempotencyRecord) -> HttpResponse:
     for name, value in record.response_headers.items():
         response[name] = value
     if "Cache-Control" not in response:
-        response["Cache-Control"] = REPLAY_CACHE_CONTROL
+        response["Cache-Control"] = _REPLAY_CACHE_CONTROL
     response[REPLAYED_HEADER] = "true"
     return response
 
 
 def _not_stored(record: IdempotencyRecord) -> HttpResponse:
-    location = _header(record, "Location") or status_url(record)
+    location = _header(record, "Location") or _status_url(record)
     extra = (
         {"Location": location, REPLAYED_HEADER: "true"} if location else {REPLAYED_HEADER: "true"}
     )
@@ -126,7 +128,7 @@ def _not_stored(record: IdempotencyRecord) -> HttpResponse:
         "was not stored (larger than MAX_RESPONSE_BYTES, or an asynchronous stream), so "
         "it cannot be replayed. See the Location header.",
         headers=extra,
-        operation=status_url(record),
+        operation=_status_url(record),
         response_status=record.response_status,
     )
 
@@ -138,7 +140,7 @@ def _header(record: IdempotencyRecord, name: str) -> str | None:
     return None
 
 
-def status_url(record: IdempotencyRecord) -> str | None:
+def _status_url(record: IdempotencyRecord) -> str | None:
     """The operation-status URL, if the project includes ``django_idempotency.urls``."""
     try:
         return reverse("django_idempotency:operation", kwargs={"pk": record.pk})
@@ -151,7 +153,7 @@ def in_progress(record: IdempotencyRecord, retry_after: int) -> HttpResponse:
         "A request with the same Idempotency-Key for the same operation is being processed. "
         "Retry later with the same key.",
         headers={"Retry-After": str(retry_after)},
-        operation=status_url(record),
+        operation=_status_url(record),
     )
 
 
@@ -162,7 +164,7 @@ def mismatch(record: IdempotencyRecord) -> HttpResponse:
     )
 
 
-BUSY_DETAIL = {
+_BUSY_DETAIL = {
     "lease_lost": "A retry of this request took the operation over while this attempt "
     "ran, so this attempt's response was not stored.",
     "lock": "A concurrent request held a database lock this request needed, so its "
@@ -170,19 +172,19 @@ BUSY_DETAIL = {
 }
 # True in every mode: an atomic=False view's own commits may stay, so "nothing was
 # committed" would be a promise the guard cannot keep.
-BUSY_NEXT_STEP = " Retry with the same Idempotency-Key to get the operation's outcome."
+_BUSY_NEXT_STEP = " Retry with the same Idempotency-Key to get the operation's outcome."
 
 
 def busy(reason: str, retry_after: int) -> HttpResponse:
     problem = problems.LEASE_LOST if reason == "lease_lost" else problems.LOCK_CONFLICT
-    detail = BUSY_DETAIL["lease_lost" if reason == "lease_lost" else "lock"]
-    return problem.response(detail + BUSY_NEXT_STEP, headers={"Retry-After": str(retry_after)})
+    detail = _BUSY_DETAIL["lease_lost" if reason == "lease_lost" else "lock"]
+    return problem.response(detail + _BUSY_NEXT_STEP, headers={"Retry-After": str(retry_after)})
 
 
-def unavailable() -> HttpResponse:
+def unavailable(retry_after: int = 5) -> HttpResponse:
     return problems.UNAVAILABLE.response(
         "The request was not processed. Retry later with the same Idempotency-Key.",
-        headers={"Retry-After": "5"},
+        headers={"Retry-After": str(retry_after)},
     )
 
 

@@ -1,11 +1,14 @@
 """The statements every guarded request runs, written once per database.
 
 Building a query through the ORM took more CPU than anything else the package did per
-request (``benchmarks/profile_modes.py``). The claim, lookup, row lock and finalize are
-fixed statements over fixed columns, so they are built here once per database alias.
-Results go through the fields' own converters, so a record reads as the ORM reads it;
-parameters through the fields' own conversions, except where those only cost time
-(``_sender``). Rarer writes (take-over, release, checkpoint, purge) stay on the ORM.
+request (``benchmarks/profile_modes.py``). The claim, lookup, row lock, finalize,
+release and unlock are fixed statements over fixed columns, so they are built here once
+per database alias. Results go through the fields' own converters, so a record reads
+as the ORM reads it; parameters through the fields' own conversions, except where those
+only cost time (``_sender``). Every time they write or compare is the database's
+(``clock``): the claim and finalize compute ``locked_until`` and ``expires_at`` in SQL,
+and the lookup returns the database's time beside the record it read. Rarer writes
+(take-over, checkpoint, purge) stay on the ORM.
 """
 
 from __future__ import annotations
@@ -18,9 +21,14 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 from django.db.models.constants import OnConflict
 
+from django_idempotency import clock
+
 # Left out of the claim: always NULL there, and an untyped NULL in PostgreSQL's
 # ``INSERT ... SELECT`` (the form that also bounds the lock wait) would not coerce.
 NOT_CLAIMED = frozenset({"response_status", "response_body", "completed_at"})
+# Written by the database's clock: now, or (the lease, the TTL) now plus an offset.
+STARTED = frozenset({"created_at", "claimed_at"})
+CLOCKED = STARTED | {"locked_until", "expires_at"}
 # In this order in ``finalize``'s SET clause (``locked_until`` is set to NULL there).
 FINALIZED = (
     "status",
@@ -60,7 +68,12 @@ class Statements:
         def q(name: str) -> str:
             return str(ops.quote_name(str(self.fields[name].column)))
 
+        self.clocked = clock.supported(connection)
+        now = clock.now_sql(connection) if self.clocked else "%s"
+
         def mark(name: str) -> str:
+            if self.clocked and name in CLOCKED:
+                return now if name in STARTED else clock.after_sql(connection)
             if self.vendor == "postgresql" and name in self.as_text:
                 return f"CAST(%s AS {self.fields[name].cast_db_type(connection)})"
             return "%s"
@@ -72,7 +85,10 @@ class Statements:
         insert = f"{ops.insert_statement(on_conflict=OnConflict.IGNORE)} {table} ({claimed})"
         ignore = ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, None, None)
         self.insert = f"{insert} VALUES ({marks}) {ignore}".rstrip()
-        self.lookup = f"SELECT {columns} FROM {table} WHERE {q('scope')} = %s AND {q('key')} = %s"
+        # The database's time comes with the record, so the retry's decisions (expired?
+        # lease live? Retry-After) cost no statement and no app-server clock.
+        read = f"{columns}, {now}" if self.clocked else columns
+        self.lookup = f"SELECT {read} FROM {table} WHERE {q('scope')} = %s AND {q('key')} = %s"
         self.bounded_insert = None
         if self.vendor == "postgresql":
             # The transaction-local lock_timeout is set by the row's own source, so it is
@@ -82,7 +98,8 @@ class Statements:
                 f"{insert} SELECT {marks} "
                 f"WHERE set_config('lock_timeout', %s, true) IS NOT NULL {ignore}"
             )
-        lock = f"SELECT {q('id')} FROM {table} WHERE {q('id')} = %s AND {q('lease_token')} = %s"
+        leased = f"FROM {table} WHERE {q('id')} = %s AND {q('lease_token')} = %s"
+        lock = f"SELECT {q('id')} {leased}"
         features = connection.features
         self.lock = self.lock_nowait = lock
         if features.has_select_for_update:
@@ -90,23 +107,77 @@ class Statements:
             self.lock_nowait = (
                 f"{lock} {ops.for_update_sql(nowait=features.has_select_for_update_nowait)}"
             )
-        assignments = ", ".join(f"{q(name)} = {mark(name)}" for name in FINALIZED)
-        self.finalize = (
-            f"UPDATE {table} SET {assignments}, {q('locked_until')} = NULL "
-            f"WHERE {q('id')} = %s AND {q('lease_token')} = %s AND {q('status')} = %s"
+        assignments = ", ".join(
+            f"{q(name)} = {now if name == 'completed_at' and self.clocked else mark(name)}"
+            for name in FINALIZED
         )
+        fence = f"{q('id')} = %s AND {q('lease_token')} = %s AND {q('status')} = %s"
+        self.finalize = (
+            f"UPDATE {table} SET {assignments}, {q('locked_until')} = NULL WHERE {fence}"
+        )
+        self.release = f"DELETE FROM {table} WHERE {fence}"
+        self.unlock = f"UPDATE {table} SET {q('locked_until')} = {now} WHERE {fence}"
+        self.session = _session_locks(self.vendor, leased)
+        self.finalize_unlocking = None
+        if self.vendor == "postgresql":
+            # The session lock ends with the statement that completes the record: the
+            # first request of an ``atomic=False`` view costs one statement more, not two.
+            self.finalize_unlocking = f"{self.finalize} RETURNING pg_advisory_unlock(%s)"
+        elif self.vendor == "mysql":
+            # No RETURNING on UPDATE: a SET expression runs for the fenced row only.
+            self.finalize_unlocking = self.finalize.replace(
+                " WHERE ",
+                f", {q('liveness')} = CASE WHEN RELEASE_LOCK(%s) IS NULL THEN '' ELSE '' END "
+                "WHERE ",
+                1,
+            )
 
-    def claim_params(self, values: dict[str, Any], connection: BaseDatabaseWrapper) -> list[Any]:
+    def claim_params(
+        self,
+        values: dict[str, Any],
+        offsets: dict[str, timedelta],
+        connection: BaseDatabaseWrapper,
+    ) -> list[Any]:
+        """``values`` in claim order; with the database's clock, ``offsets`` (from now)
+        stand for the clocked fields' values."""
         senders = self.senders
-        return [senders[name](values[name], connection) for name in self.claimed]
+        params = []
+        for name in self.claimed:
+            if self.clocked and name in CLOCKED:
+                if name in offsets:
+                    params.append(clock.duration_param(offsets[name], connection))
+            else:
+                params.append(senders[name](values[name], connection))
+        return params
 
     def finalize_params(
-        self, values: dict[str, Any], fence: dict[str, Any], connection: BaseDatabaseWrapper
+        self,
+        values: dict[str, Any],
+        ttl: timedelta,
+        fence: dict[str, Any],
+        connection: BaseDatabaseWrapper,
     ) -> list[Any]:
-        """``values`` by ``FINALIZED`` for the SET clause, then ``fence`` for the WHERE."""
+        """``values`` by ``FINALIZED`` for the SET clause, then ``fence`` for the WHERE.
+
+        With the database's clock, ``completed_at`` is no parameter and ``expires_at``'s
+        is ``ttl``.
+        """
         senders = self.senders
-        params = [senders[name](values[name], connection) for name in FINALIZED]
+        params = []
+        for name in FINALIZED:
+            if self.clocked and name == "expires_at":
+                params.append(clock.duration_param(ttl, connection))
+            elif not (self.clocked and name == "completed_at"):
+                params.append(senders[name](values[name], connection))
         return params + self.where_params(fence, connection)
+
+    def now_params(self) -> list[Any]:
+        """What ``unlock``'s time needs: nothing, or the app's time where not clocked."""
+        return [] if self.clocked else [clock.app_now()]
+
+    def now(self, row: Sequence[Any], connection: BaseDatabaseWrapper) -> Any:
+        """The database's time read with a lookup's ``row`` (the app's, if not clocked)."""
+        return clock.convert(row[-1], connection) if self.clocked else clock.app_now()
 
     def where_params(self, values: dict[str, Any], connection: BaseDatabaseWrapper) -> list[Any]:
         fields = self.fields
@@ -117,13 +188,52 @@ class Statements:
 
     def instance(self, row: Sequence[Any], connection: BaseDatabaseWrapper) -> Any:
         """A model instance from a row of all columns, as the ORM would build it."""
-        values = list(row)
+        values = list(row[: len(self.names)])
         for index, (converters, column) in enumerate(self.converters):
             value = values[index]
             for converter in converters:
                 value = converter(value, column, connection)
             values[index] = value
         return self.model.from_db(self.alias, self.names, values)
+
+
+class SessionLocks:
+    """The statements of one vendor's session-level locks, named for an operation id.
+
+    ``acquire`` takes the lock only while the record still carries the attempt's lease
+    token, in one statement: an attempt whose lease was taken over in between gets no
+    row and gives up. Both vendors' locks are reentrant within one session and dropped
+    by the server when the session ends.
+    """
+
+    def __init__(self, acquire: str, release: str, name: Callable[[Any], Any]) -> None:
+        self.acquire = acquire
+        self.release = release
+        self.name = name
+
+
+def _session_locks(vendor: str, leased: str) -> SessionLocks | None:
+    """``leased``: ``FROM <table> WHERE <id and lease token>``."""
+    if vendor == "postgresql":
+        return SessionLocks(
+            f"SELECT pg_try_advisory_lock(%s) {leased}", "SELECT pg_advisory_unlock(%s)", _bigint
+        )
+    if vendor == "mysql":
+        return SessionLocks(
+            f"SELECT GET_LOCK(%s, 0) {leased}", "SELECT RELEASE_LOCK(%s)", _lock_name
+        )
+    return None
+
+
+def _bigint(operation_id: Any) -> int:
+    """PostgreSQL's advisory lock key: 64 bits of the operation id. Two ids sharing them
+    only make a retry wait for the lease, never run twice."""
+    return int.from_bytes(operation_id.bytes[:8], "big", signed=True)
+
+
+def _lock_name(operation_id: Any) -> str:
+    """A MySQL lock name (at most 64 characters), per server, not per database."""
+    return f"django_idempotency:{operation_id.hex}"
 
 
 def _sent_as_text(field: Field[Any, Any], connection: BaseDatabaseWrapper) -> bool:

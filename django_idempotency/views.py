@@ -25,10 +25,9 @@ from typing import Any
 from django.apps import apps
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from django_idempotency import keys, problems, responses
+from django_idempotency import clock, keys, problems, responses
 from django_idempotency.guard import opt_out_of_atomic_requests
 from django_idempotency.models import (
     IdempotencyRecord,
@@ -121,7 +120,7 @@ def records() -> IdempotencyRecordQuerySet:
 
 
 def describe(candidates: IdempotencyRecordQuerySet) -> HttpResponse:
-    found = candidates.exclude(expired_at(timezone.now())).values(*FIELDS).first()
+    found = candidates.exclude(expired_at(clock.Now())).values(*FIELDS).first()
     if found is None:
         return problems.OPERATION_NOT_FOUND.response(NOT_FOUND_DETAIL)
     found["id"] = str(found["id"])

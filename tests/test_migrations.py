@@ -86,6 +86,11 @@ def test_trailing_spaces_make_another_scope() -> None:
 HASH_MIGRATION = "0002_hash_session_scopes"
 
 
+def historical_model(name: str) -> type:
+    state = MigrationExecutor(connection).loader.project_state((APP, name))
+    return state.apps.get_model(APP, "IdempotencyRecord")
+
+
 def migrate_to(name: str) -> None:
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
@@ -104,6 +109,9 @@ def test_raw_session_scopes_are_rewritten_to_their_hash(monkeypatch) -> None:
     migration = importlib.import_module(f"{APP}.migrations.{HASH_MIGRATION}")
     monkeypatch.setattr(migration, "BATCH", 2)
     leaf = MigrationExecutor(connection).loader.graph.leaf_nodes(APP)
+    # The model as these migrations know it (later migrations add columns).
+    record_model = historical_model(HASH_MIGRATION)
+    monkeypatch.setattr(IdempotencyRecordFactory._meta, "model", record_model)
     migrate_to("0001_initial")
     try:
         raw = [IdempotencyRecordFactory(scope=f"session:guest{n}", key="k") for n in range(5)]
@@ -125,17 +133,17 @@ def test_raw_session_scopes_are_rewritten_to_their_hash(monkeypatch) -> None:
         for record in raw:
             record.refresh_from_db()
         assert [r.scope for r in raw] == [scopes.session_scope(f"guest{n}") for n in range(5)]
-        assert not IdempotencyRecord.objects.filter(pk=twin_raw.pk).exists()
+        assert not record_model.objects.filter(pk=twin_raw.pk).exists()
         for pk, scope in untouched.items():
-            assert IdempotencyRecord.objects.get(pk=pk).scope == scope
-        assert not IdempotencyRecord.objects.filter(scope__contains="guest").exists()
+            assert record_model.objects.get(pk=pk).scope == scope
+        assert not record_model.objects.filter(scope__contains="guest").exists()
         # Batched: a handful of statements per batch of 2, not per row.
         touching = [q for q in queries.captured_queries if "django_idempotency_record" in q["sql"]]
         assert len(touching) <= 5 * 4
-        before = dict(IdempotencyRecord.objects.values_list("pk", "scope"))
+        before = dict(record_model.objects.values_list("pk", "scope"))
         migrate_to("0001_initial")  # the reverse is a no-op: forward again finds nothing
         migrate_to(HASH_MIGRATION)
-        assert dict(IdempotencyRecord.objects.values_list("pk", "scope")) == before
+        assert dict(record_model.objects.values_list("pk", "scope")) == before
     finally:
         executor = MigrationExecutor(connection)
         executor.loader.build_graph()
@@ -149,5 +157,5 @@ def test_the_migration_hashes_as_the_scope_function_does(settings) -> None:
     for secret in ("tests-only", "another"):
         settings.SECRET_KEY = secret
         assert migration.hashed("session:abc") == scopes.session_scope("abc")
-    assert migration.HASHED_PREFIX == scopes.SESSION_PREFIX
-    assert migration.SALT == scopes.SESSION_SALT
+    assert migration.HASHED_PREFIX == scopes._SESSION_PREFIX
+    assert migration.SALT == scopes._SESSION_SALT

@@ -22,11 +22,14 @@ BARE = 1  # INSERT of the order
 #   two-phase replay: INSERT claim (ignored), SELECT record
 #   single first:     BEGIN, INSERT claim (PG: also sets lock_timeout), <view>, UPDATE, COMMIT
 #   single replay:    BEGIN, INSERT claim (ignored), SELECT record, COMMIT
-#   atomic=False:     INSERT claim, <view>, UPDATE finalize | replay: INSERT, SELECT
+#   atomic=False:     INSERT claim, SELECT session lock (PG, MariaDB), <view>, UPDATE
+#                     finalize (which also drops the session lock) | replay: INSERT, SELECT
+# Liveness (docs/guarantees.md) costs atomic=False one statement where session locks are
+# on, and nothing in the atomic modes, whose row lock was already there.
 BUDGET = {
     "two_phase": {"postgresql": (6, 2), "mysql": (6, 2), "sqlite": (6, 2)},
     "single_transaction": {"postgresql": (5, 4), "mysql": (5, 4), "sqlite": (5, 4)},
-    "non_atomic": {"postgresql": (3, 2), "mysql": (3, 2), "sqlite": (3, 2)},
+    "non_atomic": {"postgresql": (4, 2), "mysql": (4, 2), "sqlite": (3, 2)},
 }
 PATHS = {
     "two_phase": "/orders/",

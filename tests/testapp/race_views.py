@@ -146,6 +146,17 @@ def charge(request: HttpRequest) -> HttpResponse:
     )
 
 
+def _crash_site(request: HttpRequest) -> HttpResponse:
+    """Default lease: a retry that gets in early did not wait for it."""
+    hold("inside")
+    return _created(_create(request), attempt=request.idempotency.attempt)  # type: ignore[attr-defined]
+
+
+crash_two_phase = idempotent(_crash_site)
+crash_single = idempotent(single_transaction=True)(_crash_site)
+crash_non_atomic = idempotent(atomic=False)(_crash_site)
+
+
 def _meet() -> None:
     barrier = RACE.get("barrier")
     if barrier is not None:
@@ -243,6 +254,9 @@ urlpatterns = [
     path("race/held/two-phase/", held_two_phase),
     path("race/held/single/", held_single),
     path("race/charge/", charge),
+    path("race/crash/two-phase/", crash_two_phase),
+    path("race/crash/single/", crash_single),
+    path("race/crash/non-atomic/", crash_non_atomic),
     path("race/meet/two-phase/", meet_two_phase),
     path("race/meet/single/", meet_single),
     path("race/meet/non-atomic/", meet_non_atomic),
