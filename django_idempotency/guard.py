@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
 from django.db import connections, transaction
+from django.db.models import Q
 from django.http import HttpResponseBase
 
-from django_idempotency import checks, engine, keys, models, operation, responses
+from django_idempotency import checks, clock, engine, keys, models, operation, responses
 from django_idempotency.conf import conf
 
 if TYPE_CHECKING:
@@ -89,21 +90,28 @@ class Guard:
     def intent(self, request: Any) -> operation.Intent | HttpResponseBase | None:
         """The request's intent; a 400 response for a bad key; ``None`` to pass through."""
         try:
+            earlier_keys: tuple[str, ...] = ()
             if self.key is not None:
                 key = self.key(request)
                 if key is not None:
+                    earlier_keys = keys.earlier_forms(key)
                     key = keys.parse_key(str(key))
             else:
                 key = keys.parse_key(keys.sent_key(request))
             if key is None:
                 required = conf.REQUIRED if self.required is None else self.required
                 return responses.missing_key() if required else None
+            scope, earlier_scopes = keys.scope_forms(request, self.scope)
+            if earlier_keys or earlier_scopes:
+                scope, key = _held(scope, key, earlier_scopes, earlier_keys)
+            fingerprint, earlier = keys.fingerprints(str(self.fingerprint(request)))
             return operation.Intent(
-                scope=keys.compute_scope(request, self.scope),
+                scope=scope,
                 key=key,
-                fingerprint=keys.fit_fingerprint(self.fingerprint(request)),
+                fingerprint=fingerprint,
                 method=request.method,
                 route=keys.route_of(request),
+                earlier=earlier,
             )
         except keys.InvalidKey as exc:
             return responses.invalid_key(str(exc))
@@ -178,6 +186,38 @@ class Guard:
         if isinstance(outcome, operation.Conflict):
             return responses.busy(outcome.reason, outcome.retry_after)
         return responses.unavailable(outcome.retry_after)
+
+
+def _held(
+    scope: str, key: str, earlier_scopes: tuple[str, ...], earlier_keys: tuple[str, ...]
+) -> tuple[str, str]:
+    """The ``(scope, key)`` a live record holds among this intent's earlier forms, else
+    the current one: records are found by equality, and one made before a key rotation
+    (or by the previous version, for ``payload_hash``) holds an earlier form.
+
+    One read, only for ``Keyed`` scopes and keys. Keys are checked for syntax like the
+    current one; a form that would be refused is skipped.
+    """
+    forms = []
+    for earlier_key in earlier_keys:
+        try:
+            forms.append((scope, keys.fit_key(earlier_key)))
+        except keys.InvalidKey:
+            continue
+    forms += [(other, k) for other in earlier_scopes for k in (key, *(f[1] for f in forms))]
+    if not forms:
+        return scope, key
+    match = Q()
+    for form_scope, form_key in forms:
+        match |= Q(scope=form_scope, key=form_key)
+    found = (
+        models.IdempotencyRecord.objects.using(models.records_database())
+        .filter(match)
+        .exclude(models.expired_at(clock.Now()))
+        .values_list("scope", "key")
+        .first()
+    )
+    return found if found is not None else (scope, key)
 
 
 def _mode_of(options: GuardOptions) -> engine.Mode:

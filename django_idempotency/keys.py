@@ -20,14 +20,17 @@ from django.db import models
 from django.http import QueryDict
 from django.http.multipartparser import MultiPartParser
 from django.http.request import RawPostDataException
+from django.utils.crypto import salted_hmac
 from django.utils.datastructures import MultiValueDict
 
 from django_idempotency.conf import conf
 
 __all__ = [
     "InvalidKey",
+    "Keyed",
     "digest",
     "fingerprint",
+    "fingerprints",
     "fit_key",
     "fit_scope",
     "parse_key",
@@ -36,10 +39,29 @@ __all__ = [
 
 _FORM_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 _PARSED_FORM = "_idempotency_form"
+#: Dedicated to fingerprints, so their HMACs never equal another use's of SECRET_KEY.
+_FINGERPRINT_SALT = "django_idempotency.keys.fingerprint"
 
 
 class InvalidKey(ValueError):
     """The client sent a key we cannot accept; the message says why."""
+
+
+class Keyed(str):
+    """A key or scope keyed by ``SECRET_KEY``, with the forms that records made before a
+    key rotation or the upgrade hold (``earlier``).
+
+    Records are found by ``(scope, key)`` equality, so the guard looks for a live record
+    under an earlier form, in one query, only when a key or scope function answers one
+    of these; it stores only the plain string.
+    """
+
+    earlier: tuple[str, ...]
+
+    def __new__(cls, value: str, earlier: tuple[str, ...] = ()) -> Keyed:
+        keyed = super().__new__(cls, value)
+        keyed.earlier = tuple(form for form in earlier if form != value)
+        return keyed
 
 
 def _column_length(name: str) -> int:
@@ -100,7 +122,7 @@ def fit_scope(value: str) -> str:
     return value
 
 
-def fit_fingerprint(value: str) -> str:
+def _fit_fingerprint(value: str) -> str:
     """``value``, or its SHA-256 when longer than the column: a fingerprint is opaque.
 
     Never cut: MySQL's ``INSERT IGNORE`` (the claim) would store a too-long value
@@ -109,6 +131,28 @@ def fit_fingerprint(value: str) -> str:
     if len(value) > _column_length("fingerprint"):
         value = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
     return value
+
+
+def fingerprints(value: str) -> tuple[str, tuple[str, ...]]:
+    """What the record stores for ``value`` (a fingerprint function's answer), and
+    the forms that records made before a key rotation or the upgrade carry.
+
+    The stored form is an HMAC-SHA256 keyed by ``SECRET_KEY``: a plain SHA-256 of a
+    low-entropy body (a card number, an amount) could be reversed by brute force from
+    a dump of the table. The earlier forms are the HMACs under each of
+    ``SECRET_KEY_FALLBACKS``, then the unkeyed form the previous version stored
+    (``_fit_fingerprint(value)``), accepted always: matching it writes nothing, and it
+    costs nothing for the default fingerprint, which is already 64 characters. One
+    HMAC per fallback, over ``value`` computed once: a few microseconds a request.
+    """
+    fallbacks = getattr(settings, "SECRET_KEY_FALLBACKS", ())
+    earlier = tuple(_keyed(value, secret) for secret in fallbacks)
+    return _fit_fingerprint(_keyed(value)), (*earlier, _fit_fingerprint(value))
+
+
+def _keyed(value: str, secret: Any = None) -> str:
+    data = value.encode("utf-8", "surrogatepass")
+    return salted_hmac(_FINGERPRINT_SALT, data, secret, algorithm="sha256").hexdigest()
 
 
 def _encodable(text: str) -> bool:
@@ -194,7 +238,20 @@ def _parse_sf_string(value: str) -> str:
 
 def compute_scope(request: Any, scope: Callable[[Any], str] | None = None) -> str:
     """The configured scope function's answer, fitted to the column by ``fit_scope``."""
-    return fit_scope(str((scope or conf.SCOPE)(request)))
+    return scope_forms(request, scope)[0]
+
+
+def scope_forms(
+    request: Any, scope: Callable[[Any], str] | None = None
+) -> tuple[str, tuple[str, ...]]:
+    """The fitted scope, and its earlier forms if the scope function gave a ``Keyed``."""
+    value = (scope or conf.SCOPE)(request)
+    return fit_scope(str(value)), tuple(fit_scope(form) for form in earlier_forms(value))
+
+
+def earlier_forms(value: object) -> tuple[str, ...]:
+    """``value.earlier`` for a ``Keyed`` answer, else nothing."""
+    return value.earlier if isinstance(value, Keyed) else ()
 
 
 def route_of(request: Any) -> str:
@@ -207,6 +264,7 @@ def fingerprint(request: Any) -> str:
 
     JSON bodies are re-serialised with sorted keys, so key order and white space do
     not matter; form bodies are compared as sorted fields; anything else as bytes.
+    This is the unkeyed digest; the record stores its HMAC (``fingerprints``).
     """
     query = sorted(request.GET.lists()) if hasattr(request, "GET") else []
     material = {
@@ -331,5 +389,11 @@ def _plain(data: Any) -> Any:
 
 
 def payload_hash(request: Any) -> str:
-    """A key derived from the payload alone: for webhooks and jobs that carry no key."""
+    """A key derived from the payload alone: for webhooks and jobs that carry no key.
+
+    Unkeyed, unlike the fingerprint, on purpose: the key is what the unique index
+    deduplicates on, so it must be the same on every server and under every secret. A
+    key keyed by ``SECRET_KEY`` would make two records of one redelivery during a
+    rolling deploy or right after a rotation, and both would run.
+    """
     return "payload:" + digest({"route": route_of(request), "body": _canonical_body(request)})

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.utils.crypto import salted_hmac
+
+from django_idempotency.keys import Keyed
 
 __all__ = ["by_user", "by_user_or_session", "global_scope", "session_scope"]
 
@@ -38,7 +41,8 @@ def by_user_or_session(request: Any) -> str:
     """Like ``by_user``, but anonymous visitors are kept apart by their session.
 
     The scope is ``session:h1:<HMAC-SHA256 of the session key>``, keyed with
-    ``SECRET_KEY``: stable for the session, useless to whoever reads it.
+    ``SECRET_KEY``: stable for the session, useless to whoever reads it. During a key
+    rotation it is a ``keys.Keyed`` carrying the forms under ``SECRET_KEY_FALLBACKS``.
     """
     user = getattr(request, "user", None)
     if user is not None and user.is_authenticated:
@@ -47,13 +51,22 @@ def by_user_or_session(request: Any) -> str:
     if session is not None:
         if session.session_key is None:
             session.save()
-        return session_scope(session.session_key)
+        current = session_scope(session.session_key)
+        fallbacks = getattr(settings, "SECRET_KEY_FALLBACKS", ())
+        if fallbacks:
+            # The forms under the old keys, so a retry after a rotation finds its record.
+            earlier = (session_scope(session.session_key, secret) for secret in fallbacks)
+            return Keyed(current, tuple(earlier))
+        return current
     return "anonymous"
 
 
-def session_scope(session_key: str) -> str:
-    """The scope of a guest's session (75 characters), never the session key itself."""
-    digest = salted_hmac(_SESSION_SALT, session_key, algorithm="sha256").hexdigest()
+def session_scope(session_key: str, secret: str | bytes | None = None) -> str:
+    """The scope of a guest's session (75 characters), never the session key itself.
+
+    ``secret`` defaults to ``SECRET_KEY``.
+    """
+    digest = salted_hmac(_SESSION_SALT, session_key, secret, algorithm="sha256").hexdigest()
     return _SESSION_PREFIX + digest
 
 
