@@ -14,6 +14,10 @@ The statements each mode adds are counted with ``connection.execute_wrapper`` on
 in-process request per mode. Targets: two-phase >= 0.6 of bare, single-transaction >=
 0.7, replay >= 1.5, each >= 0.9 of its floor.
 
+Two more phases measure ``ENCRYPTION_KEYS`` (``/encrypted/``: the two-phase view with
+a key set for its requests): a first request and a replay, each reported against the
+same phase without encryption, in the same rotations.
+
 Needs wrk (``apt-get install -y wrk``) and gunicorn (``pip install gunicorn``)::
 
     python benchmarks/overhead.py                       # 3 rotations x 10 s per phase
@@ -60,8 +64,14 @@ PHASES = {
     "floor non-atomic": ("/floor/non-atomic/", "unique"),
     "replay": ("/two-phase/", "replay"),
     "floor replay": ("/floor/replay/", "replay"),
+    "encrypted": ("/encrypted/", "unique"),
+    "encrypted replay": ("/encrypted/", "replay"),
 }
 MODES = ["two-phase", "single", "non-atomic", "replay"]
+# encrypted phase -> the same phase without encryption
+ENCRYPTED = {"encrypted": "two-phase", "encrypted replay": "replay"}
+# The completed keys replays cycle through, per guarded path (one key: one route).
+REPLAY_PREFIX = {"/two-phase/": "replay-", "/floor/replay/": "replay-", "/encrypted/": "enc-"}
 TARGETS = {"two-phase": 0.6, "single": 0.7, "replay": 1.5}
 FLOOR_TARGET = 0.9
 
@@ -70,6 +80,7 @@ local counter = 0
 local prefix = os.getenv("WRK_PREFIX")
 local kind = os.getenv("WRK_KEYS")
 local replay_keys = tonumber(os.getenv("WRK_REPLAY_KEYS"))
+local replay_prefix = os.getenv("WRK_REPLAY_PREFIX")
 local body = os.getenv("WRK_BODY")
 local threads = {}
 
@@ -84,7 +95,7 @@ function request()
   if kind == "unique" then
     headers["Idempotency-Key"] = prefix .. "-" .. tid .. "-" .. counter
   elseif kind == "replay" then
-    headers["Idempotency-Key"] = "replay-" .. (counter % replay_keys)
+    headers["Idempotency-Key"] = replay_prefix .. (counter % replay_keys)
   end
   return wrk.format("POST", nil, headers, body)
 end
@@ -132,9 +143,9 @@ def count_statements(url: str) -> dict[str, list[str]]:
     for name, (path, kind) in PHASES.items():
         key = {"none": None, "unique": f"count-{uuid.uuid4()}", "replay": "count-replay"}[kind]
         if kind == "replay":
-            client.post(
-                "/two-phase/", BODY, content_type="application/json", HTTP_IDEMPOTENCY_KEY=key
-            )
+            key += "-" + REPLAY_PREFIX[path]
+            guarded = "/two-phase/" if path == "/floor/replay/" else path
+            client.post(guarded, BODY, content_type="application/json", HTTP_IDEMPOTENCY_KEY=key)
         run(name, path, key)
     connection.close()
     return statements
@@ -144,15 +155,17 @@ def count_statements(url: str) -> dict[str, list[str]]:
 
 
 def prepare_replays(base: str) -> None:
-    for number in range(REPLAY_KEYS):
-        request = urllib.request.Request(
-            base + "/two-phase/",
-            data=BODY.encode(),
-            headers={"Content-Type": "application/json", "Idempotency-Key": f"replay-{number}"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            if answer.status != 201:
-                raise RuntimeError(f"replay key {number}: {answer.status}")
+    for path in ("/two-phase/", "/encrypted/"):
+        for number in range(REPLAY_KEYS):
+            key = f"{REPLAY_PREFIX[path]}{number}"
+            request = urllib.request.Request(
+                base + path,
+                data=BODY.encode(),
+                headers={"Content-Type": "application/json", "Idempotency-Key": key},
+            )
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                if answer.status != 201:
+                    raise RuntimeError(f"replay key {key}: {answer.status}")
 
 
 def wrk(base: str, name: str, seconds: float, options: argparse.Namespace, script: Path) -> dict:
@@ -162,6 +175,7 @@ def wrk(base: str, name: str, seconds: float, options: argparse.Namespace, scrip
         WRK_PREFIX=uuid.uuid4().hex[:12],
         WRK_KEYS=kind,
         WRK_REPLAY_KEYS=str(REPLAY_KEYS),
+        WRK_REPLAY_PREFIX=REPLAY_PREFIX.get(path, ""),
         WRK_BODY=BODY,
     )
     command = [
@@ -233,11 +247,66 @@ def report(results: dict[str, dict[str, float]], statements: dict[str, list[str]
             f"{result['p50'] / floor['p50']:9.2f} {result['p99'] / floor['p99']:9.2f} "
             f"{added:+5d} {over_floor:+10d}  {'; '.join(verdicts)}"
         )
+    report_encryption(results, statements)
     print("\nstatements per request (execute_wrapper, one in-process request each):")
     for name, sql in statements.items():
         verbs = Counter(statement.split()[0] for statement in sql)
         print(f"  {name:18} {len(sql)}: {dict(verbs)}")
     return ok
+
+
+def report_encryption(
+    results: dict[str, dict[str, float]], statements: dict[str, list[str]]
+) -> None:
+    """Each encrypted phase against the same phase without encryption, from the same run."""
+    pairs = {name: plain for name, plain in ENCRYPTED.items() if {name, plain} <= set(results)}
+    if not pairs:
+        return
+    bare = results["bare"]
+    print(
+        f"\n{'encryption on':18} {'rps/plain':>9} {'rps/bare':>8} {'p50/plain':>9} "
+        f"{'p99/plain':>9} {'+SQL':>5}  (plain: the same phase without ENCRYPTION_KEYS)"
+    )
+    for name, plain in pairs.items():
+        result, without = results[name], results[plain]
+        print(
+            f"{name:18} {result['rps'] / without['rps']:9.2f} {result['rps'] / bare['rps']:8.2f} "
+            f"{result['p50'] / without['p50']:9.2f} {result['p99'] / without['p99']:9.2f} "
+            f"{len(statements[name]) - len(statements[plain]):+5d}"
+        )
+    seal, unseal = crypto_cost()
+    print(
+        f"  in process, per request: encrypting the stored response {seal:.1f} us, "
+        f"decrypting it for a replay {unseal:.1f} us (the benchmark's response, best of 5)"
+    )
+
+
+def crypto_cost(rounds: int = 2000) -> tuple[float, float]:
+    """Microseconds to seal and to unseal the benchmark's stored response, in this process."""
+    from django.test import override_settings
+
+    from django_idempotency import encryption
+    from django_idempotency.operation import Stored
+
+    stored = Stored(
+        status=201,
+        headers={"Content-Type": "application/json", "Location": "/orders/123456/"},
+        body=b'{"id": 123456, "reference": "bench", "amount": 1}',
+    )
+    key = "YmVuY2htYXJrcy1vbmx5LWZlcm5ldC1rZXktMzJieXQ="
+    with override_settings(IDEMPOTENCY={"ENCRYPTION_KEYS": [key]}):
+        sealed = encryption.seal(stored)
+        seal = unseal = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(rounds):
+                encryption.seal(stored)
+            seal = min(seal, (time.perf_counter() - started) / rounds * 1e6)
+            started = time.perf_counter()
+            for _ in range(rounds):
+                encryption.unseal(sealed.headers, sealed.body)
+            unseal = min(unseal, (time.perf_counter() - started) / rounds * 1e6)
+    return seal, unseal
 
 
 def main() -> int:
@@ -304,6 +373,7 @@ def main() -> int:
     if options.only:
         for name in names:
             print(name, results[name])
+        report_encryption(results, statements)
         return 0
     ok = report(results, statements)
     if plot is not None:

@@ -29,7 +29,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
-from django_idempotency import clock
+from django_idempotency import clock, encryption
 from django_idempotency.models import (
     IdempotencyRecord,
     IdempotencyRecordQuerySet,
@@ -39,6 +39,8 @@ from django_idempotency.models import (
 )
 
 SHOWN_BODY_CHARS = 100_000
+VIEW_STORED_RESPONSE = "django_idempotency.view_stored_response"
+_REDACTED = {"stored_headers": "redacted_headers", "stored_body": "redacted_body"}
 PROBE_DATETIME = "2000-01-01 00:00:00"
 
 _can_truncate: dict[tuple[str, str], bool] = {}
@@ -183,8 +185,19 @@ class IdempotencyRecordAdmin(ModelAdmin):
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return RecordChangeList
 
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        """The stored response's headers and body only for users with the
+        ``view_stored_response`` permission: they hold what a client was told."""
+        if request.user.has_perm(VIEW_STORED_RESPONSE):
+            return self.fieldsets
+        return tuple(
+            (title, {**options, "fields": tuple(_redacted_field(f) for f in options["fields"])})
+            for title, options in self.fieldsets
+        )
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return [str(name) for _title, options in self.fieldsets for name in options["fields"]]
+        fieldsets = self.get_fieldsets(request, obj)
+        return [str(name) for _title, options in fieldsets for name in options["fields"]]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[IdempotencyRecord]:
         records: QuerySet[IdempotencyRecord] = super().get_queryset(request)
@@ -245,8 +258,28 @@ class IdempotencyRecordAdmin(ModelAdmin):
         return str(_("ran out: stuck"))
 
     @admin.display(description=_("headers"))
+    def redacted_headers(self, obj: IdempotencyRecord) -> str:
+        return self._redacted(obj.response_headers)
+
+    @admin.display(description=_("body"))
+    def redacted_body(self, obj: IdempotencyRecord) -> str:
+        if obj.response_body is None:
+            return self.stored_body(obj)
+        return self._redacted(obj.response_body)
+
+    def _redacted(self, value: Any) -> str:
+        if not value:
+            return "-"
+        return str(
+            _("Hidden: showing stored responses needs the “Can view stored response” permission.")
+        )
+
+    @admin.display(description=_("headers"))
     def stored_headers(self, obj: IdempotencyRecord) -> SafeString | str:
-        headers = obj.response_headers or {}
+        try:
+            headers, _body = opened(obj, body=False)
+        except encryption.CannotDecrypt:
+            return str(CANNOT_DECRYPT)
         if not headers:
             return "-"
         rows = format_html_join(
@@ -259,9 +292,10 @@ class IdempotencyRecordAdmin(ModelAdmin):
         if obj.response_body is None:
             return "-"
         size = len(bytes(obj.response_body))
+        note = " " + str(_("encrypted")) if encryption.is_encrypted(obj.response_headers) else ""
         if size < 1024:
-            return f"{size} bytes"
-        return f"{filesizeformat(size)} ({size} bytes)"
+            return f"{size} bytes{note}"
+        return f"{filesizeformat(size)} ({size} bytes){note}"
 
     @admin.display(description=_("body"))
     def stored_body(self, obj: IdempotencyRecord) -> SafeString | str:
@@ -274,10 +308,14 @@ class IdempotencyRecordAdmin(ModelAdmin):
                     "stream; replays answer 303."
                 )
             )
-        body = bytes(obj.response_body)
+        try:
+            headers, body = opened(obj)
+        except encryption.CannotDecrypt:
+            return str(CANNOT_DECRYPT)
+        assert body is not None
         if not body:
             return str(_("(empty)"))
-        text = readable(body, content_type(obj))
+        text = readable(body, content_type(headers))
         if text is None:
             return str(_("%(size)s of binary data.") % {"size": filesizeformat(len(body))})
         if len(text) > SHOWN_BODY_CHARS:
@@ -290,8 +328,23 @@ class IdempotencyRecordAdmin(ModelAdmin):
         return format_html('<pre style="white-space: pre-wrap">{}</pre>', text)
 
 
-def content_type(record: IdempotencyRecord) -> str:
-    for name, value in (record.response_headers or {}).items():
+def _redacted_field(name: Any) -> Any:
+    return _REDACTED.get(name, name) if isinstance(name, str) else name
+
+
+CANNOT_DECRYPT = _(
+    "Encrypted under a key that is not in IDEMPOTENCY['ENCRYPTION_KEYS']: replays of "
+    "this record answer 503 until the key is added back."
+)
+
+
+def opened(record: IdempotencyRecord, *, body: bool = True) -> tuple[dict[str, str], bytes | None]:
+    """The record's headers and (unless ``body=False``) body in the clear."""
+    return encryption.unseal(record.response_headers, record.response_body if body else None)
+
+
+def content_type(headers: dict[str, str]) -> str:
+    for name, value in headers.items():
         if name.lower() == "content-type":
             return str(value).lower()
     return ""

@@ -22,6 +22,10 @@ id                            reported when
 ``django_idempotency.E013``   ``IdempotentMixin`` is used but ``rest_framework`` is not installed
 ``django_idempotency.E014``   an ``atomic=False`` view runs inside ``ATOMIC_REQUESTS``
 ``django_idempotency.E015``   ``SESSION_LOCKS`` is not ``"auto"``, ``True`` or ``False``
+``django_idempotency.E016``   ``CONFLICT_RETRIES`` is not an int of zero or more
+``django_idempotency.E017``   ``ENCRYPTION_KEYS`` is not a list of distinct, valid Fernet keys
+``django_idempotency.E018``   ``ENCRYPTION_KEYS`` is set but ``cryptography`` is not installed
+``django_idempotency.E019``   ``REDACT`` is not a callable or the dotted path of one
 ``django_idempotency.W001``   records live on another database than the models views write
 ``django_idempotency.W002``   ``IDEMPOTENCY`` has keys this version does not know
 ``django_idempotency.W003``   ``LEASE`` is shorter than 30 seconds
@@ -66,7 +70,7 @@ def _valid_names() -> str:
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """E001-E012, W002-W004: the type and range of every ``IDEMPOTENCY`` setting."""
+    """E001-E012, E015-E019, W002-W004: the type and range of every setting."""
     user = _user_settings()
     if user is None:
         user = {}
@@ -222,6 +226,56 @@ def _session_locks(value: Any) -> tuple[str, str, str] | None:
     )
 
 
+def _encryption_keys(value: Any) -> tuple[str, str, str] | None:
+    from django_idempotency import encryption
+
+    problem = encryption.malformed_keys(value)
+    if problem is not None:
+        return (
+            f"{problem}.",
+            "Give a list of keys made by cryptography.fernet.Fernet.generate_key(), "
+            "newest first, e.g. [env('IDEMPOTENCY_KEY_2'), env('IDEMPOTENCY_KEY_1')]; "
+            "an empty list stores responses in the clear.",
+            "E017",
+        )
+    if value and encryption.package_missing():
+        return (
+            "is set, but the 'cryptography' package is not installed: responses cannot "
+            "be stored or replayed.",
+            "pip install 'django-idempotency[encryption]'.",
+            "E018",
+        )
+    return None
+
+
+def _redact(value: Any) -> tuple[str, str, str] | None:
+    if value is None:
+        return None
+    hint = (
+        "Give a function (response, stored) -> stored, or its dotted path, that returns "
+        "dataclasses.replace(stored, body=...) without the fields you must not keep."
+    )
+    if isinstance(value, str):
+        try:
+            value = import_string(value)
+        except ImportError as exc:
+            return (f"cannot be imported: {exc}", hint, "E019")
+    if callable(value):
+        return None
+    return (f"must be callable or None, not {value!r}.", hint, "E019")
+
+
+def _conflict_retries(value: Any) -> tuple[str, str, str] | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return None
+    return (
+        f"must be an int of zero or more, not {value!r}.",
+        "How many times an atomic attempt refused for a serialization failure or a "
+        "deadlock runs again inside the request, e.g. 5; 0 turns it off.",
+        "E016",
+    )
+
+
 VALIDATORS: dict[str, Callable[[Any], tuple[str, str, str] | None]] = {
     "HEADER": _header,
     "REQUIRED": _required,
@@ -235,6 +289,9 @@ VALIDATORS: dict[str, Callable[[Any], tuple[str, str, str] | None]] = {
     "PURGE_GRACE": _non_negative_duration("E011", "timedelta(days=1)"),
     "PROBLEM_BASE_URL": _problem_base_url,
     "SESSION_LOCKS": _session_locks,
+    "CONFLICT_RETRIES": _conflict_retries,
+    "ENCRYPTION_KEYS": _encryption_keys,
+    "REDACT": _redact,
 }
 
 

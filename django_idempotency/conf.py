@@ -28,7 +28,10 @@ DEFAULTS: dict[str, Any] = {
     "FORM_FIELD": "idempotency_key",
     "PURGE_GRACE": timedelta(days=1),
     "SESSION_LOCKS": "auto",
+    "CONFLICT_RETRIES": 5,
     "PROBLEM_BASE_URL": "https://django-idempotency.readthedocs.io/en/latest/reference/problems/#",
+    "ENCRYPTION_KEYS": (),
+    "REDACT": None,
 }
 """Every setting's default: what ``conf`` answers for a name ``IDEMPOTENCY`` leaves out."""
 
@@ -111,8 +114,28 @@ class Settings:
         return value if value == "auto" else bool(value)
 
     @property
+    def CONFLICT_RETRIES(self) -> int:
+        """How many times an atomic attempt the database refused for a serialization
+        failure or a deadlock runs again inside the request before the client gets 409."""
+        return int(self.get("CONFLICT_RETRIES"))
+
+    @property
     def PROBLEM_BASE_URL(self) -> str:
         return str(self.get("PROBLEM_BASE_URL"))
+
+    @property
+    def ENCRYPTION_KEYS(self) -> tuple[str | bytes, ...]:
+        """Fernet keys, newest first: stored responses are encrypted under the first, and
+        every one decrypts. Empty (the default): responses are stored in the clear."""
+        return tuple(self.get("ENCRYPTION_KEYS") or ())
+
+    @property
+    def REDACT(self) -> Callable[[Any, Any], Any] | None:
+        """``redact(response, stored) -> stored``, applied before a response is stored."""
+        value = self.get("REDACT")
+        if isinstance(value, str):
+            value = import_string(value)
+        return value  # type: ignore[no-any-return]
 
 
 conf = Settings()

@@ -546,6 +546,7 @@ class IdempotencyRecord(models.Model):
         db_table = "django_idempotency_record"
         verbose_name = _("idempotency record")
         verbose_name_plural = _("idempotency records")
+        permissions = [("view_stored_response", _("Can view stored response"))]
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(fields=["scope", "key"], name="django_idempotency_scope_key"),

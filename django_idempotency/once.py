@@ -61,7 +61,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 
 from django_idempotency.conf import conf
-from django_idempotency.keys import InvalidKey, digest, fit_key, fit_scope
+from django_idempotency.keys import InvalidKey, digest, fingerprints, fit_key, fit_scope
 
 if TYPE_CHECKING:
     from django_idempotency.engine import Attempt
@@ -147,10 +147,11 @@ class Once:
         )
 
     def __enter__(self) -> Run:
-        from django_idempotency import engine, operation
+        from django_idempotency import encryption, engine, operation
 
+        fingerprint, earlier = _fingerprints(self.payload)
         intent = operation.Intent(
-            scope=self.scope, key=self.key, fingerprint=_fingerprint(self.payload)
+            scope=self.scope, key=self.key, fingerprint=fingerprint, earlier=earlier
         )
         policy = operation.Policy(
             mode=engine.Mode.SINGLE_TRANSACTION,
@@ -161,8 +162,14 @@ class Once:
         attempt = engine.Attempt(intent, policy)
         started = attempt.begin()
         if isinstance(started, operation.Replay):
-            body = started.record.response_body
-            result = json.loads(bytes(body)) if body is not None else None
+            record = started.record
+            try:
+                _headers, body = encryption.unseal(record.response_headers, record.response_body)
+            except encryption.CannotDecrypt as error:
+                raise Unavailable(
+                    f"No configured ENCRYPTION_KEYS opens the result of operation {record.pk}."
+                ) from error
+            result = json.loads(body) if body is not None else None
             return Run(self.key, self.scope, first=False, id=started.record.pk, result=result)
         if not isinstance(started, operation.Operation):
             self._refuse(started)
@@ -177,7 +184,7 @@ class Once:
         ``Busy`` or ``Unavailable`` from its cause; any other error of the block
         propagates as it is, after the rollback.
         """
-        from django_idempotency import operation
+        from django_idempotency import encryption, operation
 
         attempt, self._attempt = self._attempt, None
         run, self._run = self._run, None
@@ -203,8 +210,8 @@ class Once:
             )
             attempt.fail(too_large)
             raise too_large
-        stored = operation.Stored(
-            status=200, headers={"Content-Type": "application/json"}, body=body
+        stored = encryption.seal(
+            operation.Stored(status=200, headers={"Content-Type": "application/json"}, body=body)
         )
         finished = attempt.finish(None, stored)
         if not isinstance(finished, operation.Executed):
@@ -338,5 +345,11 @@ def _fitted_scope(value: object) -> str:
     return fit_scope(text)
 
 
+def _fingerprints(payload: Any) -> tuple[str, tuple[str, ...]]:
+    """The payload's keyed fingerprint and its earlier forms (``keys.fingerprints``)."""
+    return fingerprints(digest(None if payload is _NO_PAYLOAD else {"payload": payload}))
+
+
 def _fingerprint(payload: Any) -> str:
-    return digest(None if payload is _NO_PAYLOAD else {"payload": payload})
+    """The fingerprint a record made now stores for ``payload``."""
+    return _fingerprints(payload)[0]

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.urls import NoReverseMatch, reverse
 
-from django_idempotency import problems
+from django_idempotency import encryption, problems
 from django_idempotency.conf import conf
 from django_idempotency.models import IdempotencyRecord
 from django_idempotency.operation import Stored
 
 __all__ = ["accepted"]
+
+_logger = logging.getLogger("django_idempotency")
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 _STORED_HEADERS = frozenset(
@@ -56,19 +59,40 @@ def capture(response: HttpResponseBase, max_bytes: int | None = None) -> Stored 
     (or a stream longer than that, or any asynchronous stream) is not stored: the
     operation still completes and a replay answers ``303 See Other`` instead of a
     truncated body. A short synchronous stream is stored and replayed byte for byte.
+
+    Then ``REDACT`` may drop what must not be kept, and with ``ENCRYPTION_KEYS`` the
+    result is encrypted: the client still gets the view's own response, untouched.
     """
     if response.status_code >= 500 or getattr(response, "exception", False):
         return None
     if callable(getattr(response, "render", None)) and not getattr(response, "is_rendered", True):
         response.render()  # type: ignore[attr-defined]
     limit = conf.MAX_RESPONSE_BYTES if max_bytes is None else max_bytes
-    headers = _storable_headers(response)
+    headers = storable_headers(response)
     if isinstance(response, StreamingHttpResponse):
         body = _drain(response, limit)
     else:
         content = response.content  # type: ignore[attr-defined]
         body = bytes(content) if len(content) <= limit else None
-    return Stored(status=response.status_code, headers=headers, body=body)
+    stored = Stored(status=response.status_code, headers=headers, body=body)
+    return encryption.seal(_redacted(response, stored, limit))
+
+
+def _redacted(response: HttpResponseBase, stored: Stored, limit: int) -> Stored:
+    """``REDACT(response, stored)``: the hook sees the plaintext and returns what to keep."""
+    redact = conf.REDACT
+    if redact is None:
+        return stored
+    kept = redact(response, stored)
+    if not isinstance(kept, Stored):
+        raise TypeError(
+            f"IDEMPOTENCY['REDACT'] must return a Stored (dataclasses.replace(stored, ...)), "
+            f"not {type(kept).__name__}."
+        )
+    body = None if kept.body is None else bytes(kept.body)
+    if body is not None and len(body) > limit:
+        body = None
+    return Stored(status=stored.status, headers=dict(kept.headers), body=body)
 
 
 def _drain(response: StreamingHttpResponse, limit: int) -> bytes | None:
@@ -93,7 +117,7 @@ def _chain(first: list[bytes], rest: Iterable[Any]) -> Iterable[bytes]:
     yield from rest
 
 
-def _storable_headers(response: HttpResponseBase) -> dict[str, str]:
+def storable_headers(response: HttpResponseBase) -> dict[str, str]:
     stored = {}
     for name, value in response.items():
         lower = name.lower()
@@ -105,12 +129,16 @@ def _storable_headers(response: HttpResponseBase) -> dict[str, str]:
 
 
 def replay(record: IdempotencyRecord) -> HttpResponse:
-    if record.response_body is None:
-        return _not_stored(record)
-    response = HttpResponse(bytes(record.response_body), status=record.response_status or 200)
-    if not any(name.lower() == "content-type" for name in record.response_headers):
+    try:
+        headers, body = encryption.unseal(record.response_headers, record.response_body)
+    except encryption.CannotDecrypt as exc:
+        return _cannot_decrypt(record, exc)
+    if body is None:
+        return _not_stored(record, headers)
+    response = HttpResponse(body, status=record.response_status or 200)
+    if not any(name.lower() == "content-type" for name in headers):
         del response["Content-Type"]
-    for name, value in record.response_headers.items():
+    for name, value in headers.items():
         response[name] = value
     if "Cache-Control" not in response:
         response["Cache-Control"] = _REPLAY_CACHE_CONTROL
@@ -118,8 +146,26 @@ def replay(record: IdempotencyRecord) -> HttpResponse:
     return response
 
 
-def _not_stored(record: IdempotencyRecord) -> HttpResponse:
-    location = _header(record, "Location") or _status_url(record)
+def _cannot_decrypt(record: IdempotencyRecord, error: Exception) -> HttpResponse:
+    """Never replay ciphertext or guess: the operation ran, and its answer needs its key."""
+    _logger.error(
+        "Cannot replay operation %s: %s. Add the key it was encrypted under back to "
+        "IDEMPOTENCY['ENCRYPTION_KEYS'].",
+        record.pk,
+        error,
+    )
+    return problems.UNAVAILABLE.response(
+        "The operation completed, but its stored response is encrypted under a key this "
+        "server does not have, so it cannot be replayed now. It was not run again. Retry "
+        "later with the same Idempotency-Key.",
+        headers={"Retry-After": "60"},
+        operation=_status_url(record),
+        response_status=record.response_status,
+    )
+
+
+def _not_stored(record: IdempotencyRecord, headers: Mapping[str, str]) -> HttpResponse:
+    location = _header(headers, "Location") or _status_url(record)
     extra = (
         {"Location": location, REPLAYED_HEADER: "true"} if location else {REPLAYED_HEADER: "true"}
     )
@@ -133,8 +179,8 @@ def _not_stored(record: IdempotencyRecord) -> HttpResponse:
     )
 
 
-def _header(record: IdempotencyRecord, name: str) -> str | None:
-    for stored_name, value in record.response_headers.items():
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for stored_name, value in headers.items():
         if stored_name.lower() == name.lower():
             return str(value)
     return None

@@ -40,6 +40,7 @@ PUBLIC = (
     "responses",
     "scopes",
     "signals",
+    "testing",
     "urls",
 )
 

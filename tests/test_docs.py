@@ -480,6 +480,41 @@ CLAIMS = [
         "is defined",
         EDGES + "test_contradictory_mixin_durations_are_refused_at_class_definition",
     ),
+    # Protecting stored responses: encryption, redaction, the admin permission.
+    Claim(
+        "how-to/protecting-responses.md",
+        "Records stored **before** you turned encryption on still replay as they are",
+        "tests/test_encryption.py::test_plaintext_records_from_before_encryption_still_replay",
+    ),
+    Claim(
+        "how-to/protecting-responses.md",
+        "An encrypted record that none of the configured keys opens is **never** replayed as "
+        "ciphertext and never run again.",
+        "tests/test_encryption.py::test_a_record_no_key_opens_answers_503_and_never_runs_again",
+    ),
+    Claim(
+        "how-to/protecting-responses.md",
+        "The **first** client gets the view's response untouched; only the stored copy and so "
+        "every **replay** is redacted.",
+        "tests/test_encryption.py::"
+        "test_redact_drops_fields_before_storing_but_not_from_the_first_answer",
+    ),
+    Claim(
+        "how-to/protecting-responses.md",
+        "Without keys the package never imports `cryptography`, so it works without it.",
+        "tests/test_encryption.py::test_without_cryptography_encryption_off_works",
+    ),
+    Claim(
+        "how-to/protecting-responses.md",
+        "so a record that changed meanwhile is left alone.",
+        "tests/test_encryption.py::test_a_record_changed_after_it_was_read_is_not_overwritten",
+    ),
+    Claim(
+        "how-to/protecting-responses.md",
+        "Others who may view records see everything else (status, size, dates, the attempt), "
+        "with the headers and body hidden.",
+        "tests/test_encryption.py::test_viewing_records_does_not_show_stored_responses",
+    ),
     # Expiry, unguarded requests, per-view durations.
     Claim(
         "reference/http.md",

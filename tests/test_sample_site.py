@@ -97,3 +97,29 @@ def test_an_order_without_a_key_names_no_operation_and_one_with_a_key_does() -> 
     assert out["api_status"] == [200, "application/json"]
     assert out["status_post"] == [405, "application/problem+json"]
     assert out["status_delete"] == [405, "application/problem+json"]
+
+
+def test_the_shops_own_tests_use_the_test_kit() -> None:
+    """``manage.py test shop``: django_idempotency.testing from Django's TestCase and
+    TransactionTestCase on the shop's views, on this run's database server (a database
+    of its own there, beside this run's test database)."""
+    url = os.environ.get("DATABASE_URL", "sqlite:///:memory:")
+    if not url.startswith("sqlite"):
+        url = url.rstrip("/") + "_sample"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "shop.settings",
+        "DATABASE_URL": url,
+        "PYTHONPATH": os.pathsep.join([str(SAMPLE_SITE), str(SAMPLE_SITE.parent)]),
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "test", "shop", "--noinput", "-v", "2"],
+        cwd=SAMPLE_SITE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Ran 5 tests" in result.stderr, result.stderr

@@ -11,6 +11,7 @@ urlpatterns = [
     path("two-phase/", views.two_phase),
     path("single/", views.single),
     path("non-atomic/", views.non_atomic),
+    path("encrypted/", views.encrypted),
     path("floor/two-phase/", views.floor_two_phase),
     path("floor/single/", views.floor_single),
     path("floor/non-atomic/", views.floor_non_atomic),

@@ -13,6 +13,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.utils import timezone
@@ -51,6 +52,20 @@ def bare(request: HttpRequest) -> HttpResponse:
 two_phase = idempotent(required=True)(bare)
 single = idempotent(required=True, single_transaction=True)(bare)
 non_atomic = idempotent(required=True, atomic=False)(bare)
+
+# A fixed Fernet key: benchmarks only. The settings are read per access, so the view
+# swaps in a copy with ENCRYPTION_KEYS for its own request (gunicorn's sync workers run
+# one request at a time): two-phase with and without encryption, in one server and run.
+BENCH_ENCRYPTION_KEY = "YmVuY2htYXJrcy1vbmx5LWZlcm5ldC1rZXktMzJieXQ="
+
+
+def encrypted(request: HttpRequest) -> HttpResponse:
+    plain = settings.IDEMPOTENCY
+    settings.IDEMPOTENCY = {**plain, "ENCRYPTION_KEYS": [BENCH_ENCRYPTION_KEY]}
+    try:
+        return two_phase(request)
+    finally:
+        settings.IDEMPOTENCY = plain
 
 
 # ---------------------------------------------------------------- floors (raw SQL)
