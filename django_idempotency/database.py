@@ -20,23 +20,38 @@ STORE_ERRORS = (DatabaseError, InterfaceError)
 
 # PostgreSQL SQLSTATEs: deadlock_detected, lock_not_available, serialization_failure.
 POSTGRES_LOCK_STATES = frozenset({"40P01", "55P03", "40001"})
+POSTGRES_SERIALIZATION_STATES = frozenset({"40P01", "40001"})
 # MySQL / MariaDB: deadlock, lock wait timeout, NOWAIT failed, record changed (MariaDB).
 MYSQL_LOCK_CODES = frozenset({1213, 1205, 3572, 1020})
+MYSQL_SERIALIZATION_CODES = frozenset({1213, 1020})
 SQLITE_LOCK_MESSAGES = ("database is locked", "database table is locked")
 
 
 def is_lock_conflict(exc: BaseException) -> bool:
+    return _classify(exc, POSTGRES_LOCK_STATES, MYSQL_LOCK_CODES, SQLITE_LOCK_MESSAGES)
+
+
+def is_serialization_failure(exc: BaseException) -> bool:
+    """A lock conflict that ended the transaction for what others did meanwhile (a
+    serialization failure, a deadlock), rather than a wait that ran out: the same
+    transaction run again may well commit."""
+    return _classify(exc, POSTGRES_SERIALIZATION_STATES, MYSQL_SERIALIZATION_CODES, ())
+
+
+def _classify(
+    exc: BaseException, states: frozenset[str], codes: frozenset[int], messages: tuple[str, ...]
+) -> bool:
     if not isinstance(exc, DatabaseError):
         return False
     cause = exc.__cause__ or exc
     state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
     if state is not None:
-        return state in POSTGRES_LOCK_STATES
+        return state in states
     args = getattr(cause, "args", ())
     if args and isinstance(args[0], int):
-        return args[0] in MYSQL_LOCK_CODES
+        return args[0] in codes
     message = str(cause).lower()
-    return any(text in message for text in SQLITE_LOCK_MESSAGES)
+    return any(text in message for text in messages)
 
 
 # libpq's PQTRANS_INERROR: psycopg 3's TransactionStatus.INERROR, psycopg2's

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import random
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -21,11 +22,13 @@ from typing import Any, TypeVar
 from django.db import IntegrityError, connections, transaction
 
 from django_idempotency import signals
+from django_idempotency.conf import conf
 from django_idempotency.database import (
     STORE_ERRORS,
     fresh_connection,
     inside_transaction,
     is_lock_conflict,
+    is_serialization_failure,
     marked_for_rollback,
     session_locks,
 )
@@ -59,6 +62,8 @@ R = TypeVar("R")
 CLAIM_ROUNDS = 5
 RELEASE_TRIES = 5
 RELEASE_PAUSE = 0.02
+#: The first pause before an attempt is run again (jittered, doubling each time).
+RETRY_PAUSE = 0.02
 #: A retry that finds the holder alive (it holds its lock) comes back this soon.
 ALIVE_RETRY_AFTER = 1
 #: An attempt takes its lock one statement after its claim commits; a free lock on an
@@ -139,7 +144,33 @@ def execute(
     work: Callable[[Operation], R],
     capture: Callable[[R], Stored | None],
 ) -> Outcome[R]:
-    attempt = Attempt(intent, policy)
+    """Run ``work`` once for the intent; again, a few times, where the database refused
+    an atomic attempt for a serialization failure or a deadlock (``CONFLICT_RETRIES``).
+
+    Nothing of such an attempt committed and nothing left the database (atomic modes
+    only: an ``atomic=False`` view may have acted outside), so the client would only be
+    told to send again what the guard can run again now.
+    """
+    for number in range(conf.CONFLICT_RETRIES + 1):
+        attempt = Attempt(intent, policy)
+        outcome = _run_once(attempt, work, capture)
+        if not (
+            isinstance(outcome, Conflict)
+            and outcome.serialization
+            and attempt.repeatable
+            and number < conf.CONFLICT_RETRIES
+        ):
+            return outcome
+        logger.info(
+            "Running %s again after a serialization failure (try %d).", intent.key, number + 2
+        )
+        time.sleep(random.uniform(0, RETRY_PAUSE * 2**number))
+    raise AssertionError("unreachable")
+
+
+def _run_once(
+    attempt: Attempt, work: Callable[[Operation], R], capture: Callable[[R], Stored | None]
+) -> Outcome[R]:
     operation = attempt.begin()
     if not isinstance(operation, Operation):
         return operation
@@ -177,11 +208,15 @@ class Attempt:
         )
         self.mode = policy.mode
         connection = connections[self.records.db]
-        if self.mode.atomic and inside_transaction(connection):
+        nested = inside_transaction(connection)
+        if self.mode.atomic and nested:
             # Inside a transaction the claim cannot commit first: claim, work and "done"
             # commit with that transaction instead, which keeps the work's writes and the
             # record together as two-phase does.
             self.mode = Mode.SINGLE_TRANSACTION
+        #: Whether a serialization failure may be answered by running it again: not for
+        #: ``atomic=False``, nor inside someone's transaction, whose snapshot stays.
+        self.repeatable = self.mode.atomic and not nested
         self.liveness = _liveness(self.mode, connection)
         self.record: IdempotencyRecord | None = None
         self.stage = "claim"
@@ -507,7 +542,7 @@ def _database_failure(
 ) -> Conflict | StoreDown:
     if is_lock_conflict(exc):
         _send(signals.operation_conflict, record, intent, reason="lock")
-        return Conflict("lock")
+        return Conflict("lock", serialization=is_serialization_failure(exc))
     logger.error("Idempotency store unavailable: %s", exc, exc_info=exc)
     if blocked is None:
         return StoreDown(exc)

@@ -174,10 +174,16 @@ class Mismatch:
 
 @dataclass(frozen=True)
 class Conflict:
-    """A lock conflict or a lost lease: nothing was committed, retry shortly."""
+    """A lock conflict or a lost lease: nothing was committed, retry shortly.
+
+    ``serialization``: the database refused the transaction for what other transactions
+    did at the same time (a serialization failure or a deadlock), not for a lock it
+    still waits for; running the attempt again can succeed at once.
+    """
 
     reason: str
     retry_after: int = 1
+    serialization: bool = False
 
 
 @dataclass(frozen=True)

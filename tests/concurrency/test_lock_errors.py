@@ -23,9 +23,29 @@ pytestmark = [pytest.mark.concurrency, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.mark.parametrize("mode", ["two-phase", "single"])
-def test_deadlock_between_two_keys_is_a_409_and_the_key_is_free(
+def test_a_deadlock_victim_runs_again_inside_its_request(
     mode: str, race: dict[str, Any], row_locks: None
 ) -> None:
+    """Nothing of the victim committed and nothing left the database: the guard runs it
+    again (``CONFLICT_RETRIES``) instead of telling the client to."""
+    path = f"/race/swap/{mode}/"
+    left, right = Order.objects.create(reference="left"), Order.objects.create(reference="right")
+    keys = [new_key("swap-a"), new_key("swap-b")]
+    bodies = [{"first": left.pk, "second": right.pk}, {"first": right.pk, "second": left.pk}]
+    race["barrier"] = threading.Barrier(2, action=lambda: race.pop("barrier", None))
+
+    results = together(2, lambda i: send(path, keys[i], bodies[i]))
+
+    assert [reply.status for reply in results] == [200, 200], results
+    assert sorted(Order.objects.values_list("amount", flat=True)) == [2, 2]
+    assert IdempotencyRecord.objects.filter(key__in=keys, status="completed").count() == 2
+
+
+@pytest.mark.parametrize("mode", ["two-phase", "single"])
+def test_without_retries_a_deadlock_is_a_409_and_the_key_is_free(
+    mode: str, race: dict[str, Any], row_locks: None, settings: Any
+) -> None:
+    settings.IDEMPOTENCY = {"CONFLICT_RETRIES": 0}
     path = f"/race/swap/{mode}/"
     left, right = Order.objects.create(reference="left"), Order.objects.create(reference="right")
     keys = [new_key("swap-a"), new_key("swap-b")]

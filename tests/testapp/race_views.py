@@ -146,6 +146,14 @@ def charge(request: HttpRequest) -> HttpResponse:
     )
 
 
+@idempotent
+def count_then_create(request: HttpRequest) -> HttpResponse:
+    """Reads what other requests write: at SERIALIZABLE, concurrent ones conflict."""
+    _meet()
+    seen = Order.objects.count()
+    return _created(_create(request), seen=seen)
+
+
 def _crash_site(request: HttpRequest) -> HttpResponse:
     """Default lease: a retry that gets in early did not wait for it."""
     hold("inside")
@@ -254,6 +262,7 @@ urlpatterns = [
     path("race/held/two-phase/", held_two_phase),
     path("race/held/single/", held_single),
     path("race/charge/", charge),
+    path("race/count-then-create/", count_then_create),
     path("race/crash/two-phase/", crash_two_phase),
     path("race/crash/single/", crash_single),
     path("race/crash/non-atomic/", crash_non_atomic),
