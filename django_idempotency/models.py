@@ -406,11 +406,12 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
 
         Works on ``self``, so ``IdempotencyRecord.objects.purge()`` cleans the table and
         a filtered queryset (the admin's selection) cleans only its rows. Each batch is
-        its own transaction: select up to ``batch_size`` primary keys (``FOR UPDATE
-        SKIP LOCKED`` where the database has it, so rows a request or another purge
-        holds are left alone), then delete those keys with the condition checked again.
-        Rows are never loaded into Python, only their keys. ``now`` is fixed when the
-        purge starts, so a purge always ends. ``dry_run`` only counts.
+        its own transaction and, on PostgreSQL, MySQL and SQLite, one statement: the
+        server picks up to ``batch_size`` rows, in index order (``FOR UPDATE SKIP
+        LOCKED`` where the database has it, so rows a request or another purge holds
+        are left alone), and deletes them; no key comes to Python (``_delete_batch``).
+        ``now`` is fixed when the purge starts, so a purge always ends. ``dry_run``
+        only counts.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -475,28 +476,48 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         return records
 
     def _delete_batch(self, order: tuple[str, ...], batch_size: int) -> tuple[int, int]:
-        """One short transaction: pick up to ``batch_size`` keys, delete them if still matching.
+        """One short transaction: delete up to ``batch_size`` matching rows, ``order`` first.
 
-        Returns ``(selected, deleted)``. The keys go to Python and back (MySQL cannot
-        ``DELETE ... WHERE id IN (SELECT ... LIMIT)`` on one table), in chunks that
-        respect the database's parameter limit.
+        Returns ``(selected, deleted)``. Where ``sql.purge_batch`` has a statement, it is
+        one: the server picks the keys (skipping rows others hold locked) and deletes
+        them, and both counts are its row count. Elsewhere the keys go to Python and
+        back, in chunks that respect the database's parameter limit, and are deleted
+        with the condition checked again.
         """
+        from django.db.models.expressions import RawSQL
+
+        from django_idempotency.sql import purge_batch, purge_row
+
         connection = connections[self.db]
         selection = self.order_by(*order)
         if connection.features.has_select_for_update_skip_locked:
             selection = selection.select_for_update(skip_locked=True)
-        limit = connection.features.max_query_params
-        chunk = max(limit - 50, 1) if limit else batch_size
-        label = self.model._meta.label
+        row = purge_row(connection)
         for attempt in range(_BATCH_TRIES):
             try:
                 with transaction.atomic(using=self.db):
-                    ids = list(selection.values_list("pk", flat=True)[:batch_size])
-                    deleted = 0
-                    for start in range(0, len(ids), chunk):
-                        rows = self.filter(pk__in=ids[start : start + chunk]).only("pk")
-                        deleted += rows.delete()[1].get(label, 0)
-                return len(ids), deleted
+                    # Compiled once per queryset (it cost more than a small batch), inside
+                    # the transaction: Django refuses FOR UPDATE outside one.
+                    compiled = self.__dict__.get("_purge_statement")
+                    if compiled is None or compiled[0] != (order, batch_size):
+                        keys = selection
+                        if row is not None:
+                            keys = keys.annotate(_purge_row=RawSQL(row, ()))  # noqa: S611
+                        keys = keys.values_list("_purge_row" if row else "pk", flat=True)
+                        compiler = keys[:batch_size].query.get_compiler(using=self.db)
+                        query, params = compiler.as_sql()
+                        column = compiler.select[0][2] or self.model._meta.pk.column
+                        statement = purge_batch(connection, self.model, query, column)
+                        compiled = (order, batch_size), statement, params
+                        self.__dict__["_purge_statement"] = compiled
+                    _key, statement, params = compiled
+                    if statement is not None:
+                        with connection.cursor() as cursor:
+                            cursor.execute(statement, params)
+                            deleted = max(cursor.rowcount, 0)
+                        return deleted, deleted
+                    ids = selection.values_list("pk", flat=True)[:batch_size]
+                    return self._delete_keys(list(ids), connection)
             except DatabaseError as exc:
                 # Two purges (or a purge and live traffic) can deadlock on InnoDB's index
                 # locks even with SKIP LOCKED; the batch rolled back whole, so run it again.
@@ -504,6 +525,16 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
                     raise
                 time.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")
+
+    def _delete_keys(self, ids: list[Any], connection: Any) -> tuple[int, int]:
+        limit = connection.features.max_query_params
+        chunk = max(limit - 50, 1) if limit else max(len(ids), 1)
+        label = self.model._meta.label
+        deleted = 0
+        for start in range(0, len(ids), chunk):
+            rows = self.filter(pk__in=ids[start : start + chunk]).only("pk")
+            deleted += rows.delete()[1].get(label, 0)
+        return len(ids), deleted
 
 
 class IdempotencyRecord(models.Model):

@@ -283,3 +283,41 @@ def statements(model: type[Model], connection: BaseDatabaseWrapper) -> Statement
 def lock_timeout(wait: timedelta) -> str:
     """``wait`` as a PostgreSQL ``lock_timeout`` value; never 0, which means no limit."""
     return f"{max(int(wait.total_seconds() * 1000), 1)}ms"
+
+
+def purge_row(connection: BaseDatabaseWrapper) -> str | None:
+    """What a purge batch's selection returns to name a row: PostgreSQL's ``ctid``, which
+    finds the locked row without a descent of the primary key's index; elsewhere
+    ``None``, the primary key. A locked row cannot move, so its ``ctid`` holds for the
+    statement."""
+    return "ctid" if connection.vendor == "postgresql" else None
+
+
+def purge_batch(
+    connection: BaseDatabaseWrapper, model: type[Model], selection: str, column: str
+) -> str | None:
+    """One purge batch as one statement the server runs on its own: delete the rows that
+    ``selection`` picks, a ``SELECT`` of ``purge_row`` (named ``column`` in its result)
+    compiled from the ORM, the purge rules' one home, with its own ``ORDER BY``,
+    ``LIMIT`` and, where the database has it, ``FOR UPDATE SKIP LOCKED``. ``None``: no
+    such statement here (Oracle, third-party backends), so the keys go through Python.
+
+    The keys never leave the server. MySQL cannot ``DELETE ... WHERE id IN (SELECT ...
+    LIMIT)`` on one table, so there the selection is a derived table joined first
+    (``STRAIGHT_JOIN``): the delete then reads only the rows it locked, by primary key,
+    and never waits for a row a request holds.
+    """
+    ops = connection.ops
+    table = ops.quote_name(model._meta.db_table)
+    pk = ops.quote_name(model._meta.pk.column)
+    if connection.vendor == "postgresql":
+        # ARRAY(...): the selection runs once, then a TID scan deletes what it locked.
+        return f"DELETE FROM {table} WHERE ctid = ANY(ARRAY({selection}))"
+    if connection.vendor == "sqlite":
+        return f"DELETE FROM {table} WHERE {pk} IN ({selection})"
+    if connection.vendor == "mysql":
+        return (
+            f"DELETE {table} FROM ({selection}) AS batch "
+            f"STRAIGHT_JOIN {table} ON {table}.{pk} = batch.{ops.quote_name(column)}"
+        )
+    return None

@@ -255,7 +255,42 @@ class TestQuerySetMethod:
             assert "FINGERPRINT" not in columns
         assert remaining() == set()
 
-    def test_chunks_keys_to_the_parameter_limit(self, monkeypatch):
+    def test_each_batch_is_one_statement_without_keys(self):
+        for _ in range(7):
+            expired()
+        in_progress(timedelta(days=2))
+        with CaptureQueriesContext(connection) as queries:
+            result = IdempotencyRecord.objects.purge(batch_size=5)
+        statements = [
+            q["sql"] for q in queries if q["sql"].lstrip().upper().startswith(("SELECT", "DELETE"))
+        ]
+        # The database's clock, then per batch one DELETE: 5 + 2 expired, 1 abandoned (the
+        # selection of each kind ends when a batch deletes fewer than batch_size).
+        assert len(statements) == 4
+        assert statements[0].upper().startswith("SELECT")
+        assert all(sql.upper().startswith("DELETE") for sql in statements[1:])
+        assert (result.expired, result.abandoned, result.batches) == (7, 1, 3)
+        assert remaining() == set()
+
+    def test_a_batch_sends_the_same_parameters_whatever_its_size(self):
+        def batch_parameters(batch_size: int) -> list[int]:
+            expired()
+            sent: list[int] = []
+
+            def count(execute, sql, params, many, context):
+                if sql.lstrip().upper().startswith("DELETE"):
+                    sent.append(len(params or ()))
+                return execute(sql, params, many, context)
+
+            with connection.execute_wrapper(count):
+                IdempotencyRecord.objects.purge(batch_size=batch_size)
+            return sent
+
+        assert batch_parameters(2) == batch_parameters(10_000)
+
+    def test_chunks_keys_to_the_parameter_limit_without_one_statement(self, monkeypatch):
+        """Backends ``sql.purge_batch`` has no statement for send the keys back in chunks."""
+        monkeypatch.setattr("django_idempotency.sql.purge_batch", lambda *args: None)
         # On the class: Django 6 makes it a read-only property on some backends.
         monkeypatch.setattr(type(connection.features), "max_query_params", 52)
         for _ in range(7):
@@ -346,6 +381,43 @@ class TestBesideLiveTraffic:
         assert result.expired == 3
         assert remaining() == {held.pk}
         assert not {record.pk for record in others} & remaining()
+
+    def test_keeps_an_abandoned_record_a_retry_is_taking_over(self):
+        """The take-over's UPDATE (a live lease, not yet committed) races the batch."""
+        record = in_progress(timedelta(days=2))
+        others = [in_progress(timedelta(days=2)) for _ in range(3)]
+        updated = threading.Event()
+        release = threading.Event()
+        errors: list[BaseException] = []
+
+        def retry_taking_over():
+            try:
+                with transaction.atomic():
+                    IdempotencyRecord.objects.filter(pk=record.pk).update(
+                        locked_until=timezone.now() + LEASE, attempts=2
+                    )
+                    updated.set()
+                    release.wait(30)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+                updated.set()
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=retry_taking_over)
+        thread.start()
+        try:
+            assert updated.wait(30)
+            result = IdempotencyRecord.objects.purge(batch_size=2)
+        finally:
+            release.set()
+            thread.join(30)
+        assert not errors
+        assert result.abandoned == 3
+        assert remaining() == {record.pk}
+        assert not {other.pk for other in others} & remaining()
+        assert IdempotencyRecord.objects.get(pk=record.pk).attempts == 2
+        assert IdempotencyRecord.objects.purge().total == 0
 
     def test_two_purges_at_once_delete_each_row_once(self):
         for _ in range(60):
