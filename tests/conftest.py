@@ -13,6 +13,7 @@ from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 
+from tests import pooler
 from tests.testapp import views
 
 # The suite also runs without Django REST framework (CI: DRF=0); tests of DRF views skip.
@@ -86,3 +87,29 @@ def alice() -> User:
 @pytest.fixture
 def bob() -> User:
     return User.objects.create_user("bob", password="bob-pw")
+
+
+# Behind a PgBouncer (POOLER=transaction or session): its idle server sessions on
+# the test databases must end before they can be dropped (tests/pooler.py).
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    django_db_modify_db_settings: None, django_db_blocker: Any
+) -> list[tuple[str, str]]:
+    if not pooler.POOLER:
+        return []
+    names = pooler.names_of_test_databases()
+    with django_db_blocker.unblock():
+        pooler.end_server_sessions(names)  # left by a killed run
+    return names
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(
+    django_db_setup: None,
+    django_db_modify_db_settings: list[tuple[str, str]],
+    django_db_blocker: Any,
+) -> Iterator[None]:
+    yield
+    if django_db_modify_db_settings:
+        with django_db_blocker.unblock():
+            pooler.end_server_sessions(django_db_modify_db_settings)

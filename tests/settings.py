@@ -62,6 +62,27 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.mysql":
     # The server's default, case-insensitive collation: keys must stay case-sensitive.
     DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_general_ci"}
 
+# POOLER=transaction: DATABASE_URL is a transaction-pooling PgBouncer (scripts/pgbouncer),
+# and the settings are what Django asks of such a project; psycopg 3 binds parameters on
+# the client unless the URL asks otherwise. Test databases are made and dropped through
+# the pooler too (tests/pooler.py).
+if os.environ.get("POOLER") == "transaction":
+    if DATABASES["default"].get("OPTIONS", {}).get("server_side_binding"):
+        raise ValueError("POOLER=transaction: server-side binding needs a session")
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+
+# ISOLATION=repeatable_read|serializable: the suite at a stricter level than Django's
+# default READ COMMITTED (.ci/run runs the engine, contract and race tests so).
+_isolation = os.environ.get("ISOLATION", "")
+if _isolation and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    import psycopg
+
+    DATABASES["default"].setdefault("OPTIONS", {})["isolation_level"] = getattr(
+        psycopg.IsolationLevel, _isolation.upper()
+    )
+elif _isolation and DATABASES["default"]["ENGINE"] == "django.db.backends.mysql":
+    DATABASES["default"]["OPTIONS"]["isolation_level"] = _isolation.replace("_", " ")
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
