@@ -10,7 +10,15 @@ intent until they get a definitive answer (not 409, not 5xx, not a dropped conne
 
 Then, for every intent: exactly one payment row, every answer the client received is
 byte-identical to the stored response, and for ``atomic=False`` the fake provider saw
-one charge (the derived key deduplicated the retries that took over).
+one charge (the derived key deduplicated the retries that took over). Per mode, the time
+from an intent's first send to its first definitive answer (p50/p95/p99/max), and the
+intents never answered: one of their clients gave up at the deadline (``--deadline``).
+
+The suite's own settings (LEASE 4 s above gunicorn's ``--timeout 3``) have killed
+attempts taken over within the run. ``--defaults`` runs as a new user's project would:
+LEASE 90 s, ``--timeout 30``, client timeouts of 0.1-1 s; there, a retry can only be
+answered early if the store sees that the killed attempt is gone, not when its lease
+ends.
 
 Commands::
 
@@ -21,8 +29,13 @@ Commands::
     python benchmarks/chaos.py --ci --control --database postgres   # must find duplicates
     python benchmarks/chaos.py --ci --database all --plot chaos.png  # and draw the run
 
-Exit status 1 if any intent was duplicated, lost or answered inconsistently (with
-``--control``: if the checker found no duplicate on the unguarded endpoint).
+    python benchmarks/chaos.py --defaults --database postgres --intents 300
+    python benchmarks/chaos.py --defaults --database mariadb --session-locks off --lease-fallback
+
+Exit status 1 if any intent was duplicated, lost or answered inconsistently, if any was
+never answered (unless ``--lease-fallback``: a run that measures the wait for the lease),
+or if a mode's p99 time to an answer exceeds ``--max-p99`` (with ``--control``: if the
+checker found no duplicate on the unguarded endpoint).
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import os
 import random
 import shutil
@@ -138,7 +152,17 @@ class Intent:
     copies: int
     concurrent: int
     answers: list[Answer] = field(default_factory=list)
-    unresolved: int = 0
+    unresolved: int = 0  # copies whose client gave up at the deadline
+    first_sent: float | None = None  # time.monotonic() of the intent's first request
+    first_answered: float | None = None  # ... and of its first definitive answer
+
+    @property
+    def seconds_to_answer(self) -> float:
+        """From the first send to the first definitive answer; infinite if a client of
+        the intent gave up (its wait is past the deadline, however the others fared)."""
+        if self.unresolved or self.first_sent is None or self.first_answered is None:
+            return math.inf
+        return self.first_answered - self.first_sent
 
     @property
     def body(self) -> bytes:
@@ -169,7 +193,7 @@ class Client:
         self.stats = stats
 
     def send_until_definitive(self, intent: Intent, rng: random.Random) -> None:
-        deadline = time.monotonic() + self.options.intent_deadline
+        deadline = time.monotonic() + self.options.deadline
         while time.monotonic() < deadline:
             headers = {"Idempotency-Key": intent.key, "Content-Type": "application/json"}
             if rng.random() < self.options.slow:
@@ -178,9 +202,12 @@ class Client:
                 )
                 headers["X-Chaos-Sleep"] = f"{window}:{rng.uniform(0.3, 1.6):.2f}"
             connection = http.client.HTTPConnection(
-                "127.0.0.1", self.port, timeout=self.options.client_timeout
+                "127.0.0.1", self.port, timeout=rng.uniform(*self.options.client_timeout)
             )
-            self.stats.add("requests")
+            with self.stats.lock:
+                if intent.first_sent is None:
+                    intent.first_sent = time.monotonic()
+                self.stats._add("requests")
             try:
                 connection.request("POST", PATHS[intent.mode], body=intent.body, headers=headers)
                 response = connection.getresponse()
@@ -211,6 +238,8 @@ class Client:
                 replayed=response.getheader("Idempotent-Replayed") == "true",
             )
             with self.stats.lock:
+                if intent.first_answered is None:
+                    intent.first_answered = time.monotonic()
                 intent.answers.append(answer)
                 self.stats._add("replays" if answer.replayed else "first answers")
             return
@@ -359,7 +388,7 @@ def check(
     provider: Provider,
 ) -> dict[str, Any]:
     problems: list[str] = []
-    duplicates = lost = mismatched = 0
+    duplicates = lost = mismatched = never_answered = 0
     charges_by_reference: dict[str, list[dict[str, Any]]] = {}
     for charge in provider.charges.values():
         charges_by_reference.setdefault(charge["reference"], []).append(charge)
@@ -371,7 +400,22 @@ def check(
             problems.append(f"{intent.reference} ({intent.mode}): {len(rows)} payments {rows}")
         if intent.mode == "unguarded":
             continue
-        if not rows or intent.unresolved or not intent.answers or record is None:
+        if intent.unresolved:
+            # A client gave up: rows and record may rightly be missing (an attempt still
+            # in its lease at the end); duplicates and any answers are still checked.
+            never_answered += 1
+            problems.append(
+                f"{intent.reference} ({intent.mode}): never answered, {intent.unresolved} "
+                f"client(s) gave up; rows={len(rows)} answers={len(intent.answers)} "
+                f"record={record and record['status']}"
+            )
+            if not rows or record is None:
+                charges = charges_by_reference.get(intent.reference, [])
+                if intent.mode == "non_atomic" and len(charges) > 1:
+                    duplicates += 1
+                    problems.append(f"{intent.reference}: provider charged {len(charges)} times")
+                continue
+        elif not rows or not intent.answers or record is None:
             lost += 1
             problems.append(
                 f"{intent.reference} ({intent.mode}): rows={len(rows)} "
@@ -406,6 +450,7 @@ def check(
         "duplicates": duplicates,
         "lost": lost,
         "mismatched": mismatched,
+        "never answered": never_answered,
         "left in progress": left_in_progress,
         "take-overs": sum(record["attempts"] - 1 for record in records.values()),
         "taken-over operations": sum(1 for record in records.values() if record["attempts"] > 1),
@@ -441,6 +486,9 @@ def run(kind: str, options: argparse.Namespace, drawn: list[plots.ChaosRun]) -> 
     serve.recreate_database(kind, DATABASE)
     url = serve.database_url(kind, DATABASE)
     serve.migrate(url)
+    if options.pooler:
+        # The site talks to the pooler; creating, migrating and checking stay direct.
+        url = serve.POOLED_URL.format(name=DATABASE)
     state_dir = Path(tempfile.mkdtemp(prefix="chaos-state-"))
     log = Path(tempfile.gettempdir()) / f"chaos-gunicorn-{kind}.log"
     provider = Provider()
@@ -454,6 +502,8 @@ def run(kind: str, options: argparse.Namespace, drawn: list[plots.ChaosRun]) -> 
             "BENCH_WAIT": str(options.wait),
             "CHAOS_STATE_DIR": str(state_dir),
             "CHAOS_PROVIDER_URL": provider.url,
+            "BENCH_SESSION_LOCKS": options.session_locks or "",  # "": the setting's default
+            "BENCH_POOLER": "transaction" if options.pooler else "",
         },
     )
     intents = make_intents(options.intents, rng, options.control)
@@ -489,7 +539,9 @@ def run(kind: str, options: argparse.Namespace, drawn: list[plots.ChaosRun]) -> 
     elapsed = time.monotonic() - started
     payments, records = fetch_results(kind)
     result = check(intents, payments, records, provider)
+    times = answer_times(intents)
     report(kind, intents, stats, killer, provider, result, elapsed, log)
+    report_times(times, options)
     if connection_killer:
         print(f"DB connections killed {connection_killer.kills}")
     drawn.append(summary(kind, stats, killer, result, started, elapsed, len(intents)))
@@ -500,7 +552,70 @@ def run(kind: str, options: argparse.Namespace, drawn: list[plots.ChaosRun]) -> 
             else "control: FAILED, the checker saw no duplicate without a guard"
         )
         return bool(result["duplicates"])
-    return not (result["duplicates"] or result["lost"] or result["mismatched"])
+    slow = [
+        mode
+        for mode, figures in times.items()
+        if options.max_p99 is not None and figures["p99"] > options.max_p99
+    ]
+    if slow:
+        print(f"p99 time to an answer over --max-p99 {options.max_p99:g} s: {', '.join(slow)}")
+    return not (
+        result["duplicates"]
+        or result["lost"]
+        or result["mismatched"]
+        or (result["never answered"] and not options.lease_fallback)
+        or slow
+    )
+
+
+def percentile(ordered: list[float], share: float) -> float:
+    """Nearest rank: the smallest value with at least ``share`` of them at or below it."""
+    return ordered[max(math.ceil(share * len(ordered)) - 1, 0)]
+
+
+def answer_times(intents: list[Intent]) -> dict[str, dict[str, float]]:
+    """Per mode (and over all guarded modes), the seconds from an intent's first send to
+    its first definitive answer; an intent never answered counts as infinitely slow."""
+    by_mode: dict[str, list[float]] = {}
+    for intent in intents:
+        by_mode.setdefault(intent.mode, []).append(intent.seconds_to_answer)
+    guarded = [t for mode, times in by_mode.items() if mode != "unguarded" for t in times]
+    if len(by_mode) > 1 and guarded:
+        by_mode["all"] = guarded
+    figures = {}
+    for mode in [*MODES, "unguarded", "all"]:
+        if mode not in by_mode:
+            continue
+        ordered = sorted(by_mode[mode])
+        figures[mode] = {
+            "intents": len(ordered),
+            "p50": percentile(ordered, 0.50),
+            "p95": percentile(ordered, 0.95),
+            "p99": percentile(ordered, 0.99),
+            "max": ordered[-1],
+            "never answered": sum(1 for t in ordered if math.isinf(t)),
+        }
+    return figures
+
+
+def report_times(times: dict[str, dict[str, float]], options: argparse.Namespace) -> None:
+    def seconds(value: float) -> str:
+        return f"> {options.deadline:g}" if math.isinf(value) else f"{value:.2f}"
+
+    print(
+        f"time to a definitive answer, per intent (first send -> first definitive answer, "
+        f"s; never answered: a client gave up after {options.deadline:g} s):"
+    )
+    print(f"  {'mode':<11} {'intents':>7} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}  never")
+    for mode, figures in times.items():
+        print(
+            f"  {mode:<11} {figures['intents']:>7}"
+            + "".join(f" {seconds(figures[name]):>8}" for name in ("p50", "p95", "p99", "max"))
+            + f"  {figures['never answered']:>5}"
+        )
+    never = sum(figures["never answered"] for mode, figures in times.items() if mode != "all")
+    verdict = "measured: --lease-fallback" if options.lease_fallback else "must be 0"
+    print(f"never answered     {never}  ({verdict})")
 
 
 def summary(
@@ -525,6 +640,7 @@ def summary(
         "duplicates": result["duplicates"],
         "lost": result["lost"],
         "mismatched": result["mismatched"],
+        "never answered": result["never answered"],
     }
     kills = [(at - started, phase) for at, phase in killer.times]
     return plots.ChaosRun(kind, elapsed, list(stats.events), kills, totals)
@@ -580,14 +696,46 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database", choices=["postgres", "mariadb", "all"], default="all")
     parser.add_argument("--ci", action="store_true", help="a short run: 300 intents")
-    parser.add_argument("--intents", type=int, default=None)
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="as a new user's project: LEASE 90 s, gunicorn --timeout 30, client timeouts "
+        "of 0.1-1 s, 1,000 intents (the options below still override each)",
+    )
+    parser.add_argument(
+        "--intents", type=int, default=None, help="default 3,000; --defaults 1,000; --ci 300"
+    )
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--lease", type=float, default=4.0, help="LEASE in seconds")
     parser.add_argument(
-        "--worker-timeout", type=int, default=3, help="gunicorn --timeout, below LEASE"
+        "--lease", type=float, default=None, help="LEASE in seconds (4; --defaults 90)"
     )
-    parser.add_argument("--client-timeout", type=float, default=1.0)
+    parser.add_argument(
+        "--worker-timeout",
+        type=int,
+        default=None,
+        help="gunicorn --timeout, below LEASE (3; --defaults 30)",
+    )
+    parser.add_argument(
+        "--client-timeout",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="SECONDS",
+        help="one value, or MIN MAX to draw each request's from (1; --defaults 0.1 1)",
+    )
+    parser.add_argument(
+        "--pooler",
+        action="store_true",
+        help="PostgreSQL through the transaction-pooling PgBouncer on 127.0.0.1:6432 "
+        "(./scripts/pgbouncer starts it)",
+    )
+    parser.add_argument(
+        "--session-locks",
+        choices=["auto", "on", "off"],
+        default=None,
+        help='IDEMPOTENCY["SESSION_LOCKS"] (BENCH_SESSION_LOCKS); unset: the default',
+    )
     parser.add_argument("--wait", type=float, default=0.0, help="IDEMPOTENCY WAIT in seconds")
     parser.add_argument("--slow", type=float, default=0.08, help="share of slow requests")
     parser.add_argument(
@@ -601,7 +749,26 @@ def main() -> int:
         metavar=("MIN", "MAX"),
         help="also terminate a random database connection of the site every MIN-MAX s",
     )
-    parser.add_argument("--intent-deadline", type=float, default=120.0)
+    parser.add_argument(
+        "--deadline",
+        "--intent-deadline",
+        type=float,
+        default=120.0,
+        help="seconds a client retries a copy before it gives up: never answered",
+    )
+    parser.add_argument(
+        "--lease-fallback",
+        action="store_true",
+        help="a measurement of the wait for the lease: never-answered intents are "
+        "reported, not failed",
+    )
+    parser.add_argument(
+        "--max-p99",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="fail if a mode's p99 time to a definitive answer exceeds this",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
         "--db-name",
@@ -625,21 +792,40 @@ def main() -> int:
         parser.error(f"--db-name {options.db_name!r}: letters, digits and _ only")
     DATABASE = options.db_name
     if options.intents is None:
-        options.intents = 300 if options.ci else 3000
+        options.intents = 300 if options.ci else 1000 if options.defaults else 3000
+    if options.lease is None:
+        options.lease = 90.0 if options.defaults else 4.0
+    if options.worker_timeout is None:
+        options.worker_timeout = 30 if options.defaults else 3
+    if options.client_timeout is None:
+        options.client_timeout = [0.1, 1.0] if options.defaults else [1.0]
+    if len(options.client_timeout) > 2:
+        parser.error("--client-timeout takes one value or MIN MAX")
+    options.client_timeout = (options.client_timeout[0], options.client_timeout[-1])
     if options.seed is None:
         options.seed = random.randrange(1 << 30)
     if options.lease <= options.worker_timeout:
         parser.error("--lease must exceed --worker-timeout (DESIGN.md: LEASE > worker timeout)")
-    print(f"seed {options.seed}")
+    low, high = options.client_timeout
+    print(
+        f"seed {options.seed}; {options.intents} intents, {options.threads} clients, "
+        f"LEASE {options.lease:g} s, gunicorn --timeout {options.worker_timeout}, client "
+        f"timeout {low:g}-{high:g} s, kills every {options.kill_every[0]:g}-"
+        f"{options.kill_every[1]:g} s, deadline {options.deadline:g} s, session locks "
+        f"{options.session_locks or 'the default'}"
+    )
     kinds = ["postgres", "mariadb"] if options.database == "all" else [options.database]
     drawn: list[plots.ChaosRun] = []
     results = [run(kind, options, drawn) for kind in kinds]
     if plot is not None:
         label = "control, unguarded endpoint" if options.control else f"{options.intents} intents"
+        low, high = options.client_timeout
         caption = (
             f"{label}, {options.threads} client threads, gunicorn {options.workers} sync "
-            f"workers, LEASE {options.lease:g} s, a worker SIGKILLed every "
-            f"{options.kill_every[0]:g}-{options.kill_every[1]:g} s, seed {options.seed}"
+            f"workers, --timeout {options.worker_timeout}, LEASE {options.lease:g} s, client "
+            f"timeout {low:g}" + (f"-{high:g}" if high != low else "") + " s, a worker "
+            f"SIGKILLed every {options.kill_every[0]:g}-{options.kill_every[1]:g} s, "
+            f"seed {options.seed}"
         )
         plots.chaos(drawn, caption, plot)
         print(f"plot written to {plot}")

@@ -152,7 +152,7 @@ EVENT_COLORS = {
     "client timeouts": "#8d6e63",
     "connection errors": "#9e9e9e",
 }
-MUST_BE_ZERO = ("duplicates", "lost", "mismatched")
+MUST_BE_ZERO = ("duplicates", "lost", "mismatched", "never answered")
 IDLE = ("idle", "starting")
 
 

@@ -26,6 +26,10 @@ URLS = {
 }
 
 
+#: PostgreSQL through the transaction-pooling PgBouncer that ./scripts/pgbouncer starts.
+POOLED_URL = "postgres://postgres@127.0.0.1:6432/{name}"
+
+
 def database_url(kind: str, name: str) -> str:
     return URLS[kind].format(name=name)
 

@@ -4,6 +4,11 @@
 - ``BENCH_LEASE``: the idempotency lease in seconds (default 90); the chaos suite uses a
   short one, above gunicorn's ``--timeout``, so killed attempts are taken over in the run.
 - ``BENCH_WAIT``: how long a concurrent duplicate waits before 409 (default 0 s).
+- ``BENCH_SESSION_LOCKS``: ``auto``, ``on`` or ``off`` for ``IDEMPOTENCY["SESSION_LOCKS"]``
+  (the liveness signal of a running ``atomic=False`` attempt); unset, the setting keeps
+  its own default, as a new user's project would.
+- ``BENCH_POOLER``: ``transaction`` behind a transaction-pooling PgBouncer (sets
+  ``DISABLE_SERVER_SIDE_CURSORS``, as Django asks).
 - ``CONN_MAX_AGE``: persistent connections (default 60 s).
 - ``CHAOS_STATE_DIR`` / ``CHAOS_PROVIDER_URL``: set by ``chaos.py`` only.
 """
@@ -36,12 +41,20 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.mysql":
     DATABASES["default"]["OPTIONS"] = {"charset": "utf8mb4"}
+if os.environ.get("BENCH_POOLER") == "transaction":
+    # What Django asks of a project behind a transaction-pooling PgBouncer (and what
+    # SESSION_LOCKS "auto" reads).
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 
 IDEMPOTENCY = {
     "LEASE": timedelta(seconds=float(os.environ.get("BENCH_LEASE", "90"))),
     "TTL": timedelta(hours=1),
     "WAIT": timedelta(seconds=float(os.environ.get("BENCH_WAIT", "0"))),
 }
+if os.environ.get("BENCH_SESSION_LOCKS"):
+    IDEMPOTENCY["SESSION_LOCKS"] = {"auto": "auto", "on": True, "off": False}[
+        os.environ["BENCH_SESSION_LOCKS"]
+    ]
 
 LOGGING = {
     "version": 1,

@@ -1,5 +1,7 @@
 """The benchmark site is a plain Django project (no DRF in INSTALLED_APPS): it must pass
-its system checks, or neither chaos.py nor overhead.py can migrate it."""
+its system checks, or neither chaos.py nor overhead.py can migrate it. Its settings come
+from the environment chaos.py sets, so a knob that did not reach them would measure the
+default while the report named another."""
 
 from __future__ import annotations
 
@@ -8,12 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def check(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return in_site(tmp_path, "-m", "django", "check", "--fail-level", "ERROR", **env)
+
+
+def in_site(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "django", "check", "--fail-level", "ERROR"],
+        [sys.executable, *args],
         cwd=BENCHMARKS,
         env={
             **os.environ,
@@ -31,3 +39,20 @@ def check(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
 def test_a_project_without_drf_passes_the_system_checks(tmp_path: Path) -> None:
     result = check(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "setting"), [("", "unset"), ("auto", "'auto'"), ("on", "True"), ("off", "False")]
+)
+def test_bench_session_locks_sets_the_setting_or_leaves_its_default(
+    tmp_path: Path, value: str, setting: str
+) -> None:
+    result = in_site(
+        tmp_path,
+        "-c",
+        "from django.conf import settings; chosen = settings.IDEMPOTENCY; "
+        "print(repr(chosen['SESSION_LOCKS']) if 'SESSION_LOCKS' in chosen else 'unset')",
+        BENCH_SESSION_LOCKS=value,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == setting

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -105,8 +105,11 @@ class Site:
         assert len(rows) == 1
         return rows[0]
 
+    #: The database the site's server writes to.
+    database: ClassVar[str] = chaos.DATABASE
+
     def _query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        db = serve.connect(KIND, chaos.DATABASE)
+        db = serve.connect(KIND, self.database)
         try:
             cursor = db.cursor()
             cursor.execute(sql, params)

@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 import pytest
@@ -59,14 +59,7 @@ class Site(test_crash.Site):
 
     log: Path
 
-    def _query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        db = serve.connect(KIND, DATABASE)
-        try:
-            cursor = db.cursor()
-            cursor.execute(sql, params)
-            return list(cursor.fetchall())
-        finally:
-            db.close()
+    database: ClassVar[str] = DATABASE
 
     def start(self, graceful_timeout: int = GRACE) -> None:
         self.server = start_gunicorn(self.state, self.provider, self.log, graceful_timeout)
