@@ -150,19 +150,31 @@ def _non_negative_duration(
     return validate
 
 
-def _scope(value: Any) -> tuple[str, str, str] | None:
-    hint = (
-        "Give a function request -> str, or its dotted path, e.g. "
-        "'django_idempotency.scopes.by_user'."
-    )
-    if isinstance(value, str):
-        try:
-            value = import_string(value)
-        except ImportError as exc:
-            return (f"cannot be imported: {exc}", hint, "E007")
-    if callable(value):
-        return None
-    return (f"must be callable, not {value!r}.", hint, "E007")
+def _function(
+    check_id: str, hint: str, *, optional: bool = False
+) -> Callable[[Any], tuple[str, str, str] | None]:
+    """A setting that names a function: the function, or its dotted path."""
+
+    def validate(value: Any) -> tuple[str, str, str] | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, str):
+            try:
+                value = import_string(value)
+            except ImportError as exc:
+                return (f"cannot be imported: {exc}", hint, check_id)
+        if callable(value):
+            return None
+        kind = "callable or None" if optional else "callable"
+        return (f"must be {kind}, not {value!r}.", hint, check_id)
+
+    return validate
+
+
+_scope = _function(
+    "E007",
+    "Give a function request -> str, or its dotted path, e.g. 'django_idempotency.scopes.by_user'.",
+)
 
 
 def _max_response_bytes(value: Any) -> tuple[str, str, str] | None:
@@ -248,21 +260,12 @@ def _encryption_keys(value: Any) -> tuple[str, str, str] | None:
     return None
 
 
-def _redact(value: Any) -> tuple[str, str, str] | None:
-    if value is None:
-        return None
-    hint = (
-        "Give a function (response, stored) -> stored, or its dotted path, that returns "
-        "dataclasses.replace(stored, body=...) without the fields you must not keep."
-    )
-    if isinstance(value, str):
-        try:
-            value = import_string(value)
-        except ImportError as exc:
-            return (f"cannot be imported: {exc}", hint, "E019")
-    if callable(value):
-        return None
-    return (f"must be callable or None, not {value!r}.", hint, "E019")
+_redact = _function(
+    "E019",
+    "Give a function (response, stored) -> stored, or its dotted path, that returns "
+    "dataclasses.replace(stored, body=...) without the fields you must not keep.",
+    optional=True,
+)
 
 
 def _conflict_retries(value: Any) -> tuple[str, str, str] | None:

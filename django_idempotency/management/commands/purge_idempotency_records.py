@@ -15,6 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
 from django_idempotency.conf import conf
+from django_idempotency.management import batches
 from django_idempotency.models import IdempotencyRecord, PurgeBatch, records_database
 
 DURATION = re.compile(r"(\d+)([smhd])")
@@ -46,7 +47,7 @@ class Command(BaseCommand):
         "(45s, 90m, 36h, 2d), or a sum such as 1d12h."
     )
     TOO_LONG = "Invalid --older-than {value!r}: the cutoff would be before year 1."
-    BAD_BATCH_SIZE = "Invalid --batch-size {value!r}: give a whole number of at least 1."
+    BAD_BATCH_SIZE = batches.BAD_BATCH_SIZE
     DATABASE_ERROR = "Purge stopped after deleting {deleted} records: {error}"
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -73,7 +74,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        batch_size = self._batch_size(options["batch_size"])
+        batch_size = batches.batch_size(options["batch_size"])
         older_than = self._older_than(options["older_than"])
         self.verbosity = int(options["verbosity"])
         deleted = {"count": 0}
@@ -113,15 +114,6 @@ class Command(BaseCommand):
                     expired=result.expired, abandoned=result.abandoned, batches=result.batches
                 )
             )
-
-    def _batch_size(self, value: Any) -> int:
-        try:
-            size = int(str(value).strip())
-        except ValueError:
-            size = 0
-        if size < 1:
-            raise CommandError(self.BAD_BATCH_SIZE.format(value=str(value)))
-        return size
 
     def _older_than(self, value: str | None) -> timedelta:
         if value is None:

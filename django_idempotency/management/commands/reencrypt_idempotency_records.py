@@ -27,6 +27,7 @@ from django.db.models import Q
 
 from django_idempotency import encryption
 from django_idempotency.conf import conf
+from django_idempotency.management import batches
 from django_idempotency.models import (
     IdempotencyRecord,
     IdempotencyRecordQuerySet,
@@ -58,7 +59,7 @@ class Command(BaseCommand):
     )
     NO_KEYS = "IDEMPOTENCY['ENCRYPTION_KEYS'] is empty: there is no key to encrypt under."
     BAD_KEYS = "IDEMPOTENCY['ENCRYPTION_KEYS'] {problem}: run manage.py check."
-    BAD_BATCH_SIZE = "Invalid --batch-size {value!r}: give a whole number of at least 1."
+    BAD_BATCH_SIZE = batches.BAD_BATCH_SIZE
     UNDECRYPTABLE = (
         "{count} records could not be decrypted with any configured key and were left as "
         "they are (first ids: {ids}). Add the key they were encrypted under to "
@@ -79,7 +80,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        batch_size = self._batch_size(options["batch_size"])
+        batch_size = batches.batch_size(options["batch_size"])
         self.verbosity = int(options["verbosity"])
         keys = conf.ENCRYPTION_KEYS
         if not keys:
@@ -158,15 +159,6 @@ class Command(BaseCommand):
                     count=len(undecryptable), ids=", ".join(undecryptable[:5])
                 )
             )
-
-    def _batch_size(self, value: Any) -> int:
-        try:
-            size = int(str(value).strip())
-        except ValueError:
-            size = 0
-        if size < 1:
-            raise CommandError(self.BAD_BATCH_SIZE.format(value=str(value)))
-        return size
 
 
 def stale(records: IdempotencyRecordQuerySet, newest: str) -> IdempotencyRecordQuerySet:
