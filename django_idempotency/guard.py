@@ -176,7 +176,9 @@ class Guard:
 
     def respond(self, outcome: operation.Outcome[HttpResponseBase]) -> HttpResponseBase:
         if isinstance(outcome, operation.Executed):
-            return outcome.value
+            if outcome.record is None:
+                return outcome.value
+            return responses.told_expiry(outcome.value, outcome.record, self.ttl or conf.TTL)
         if isinstance(outcome, operation.Replay):
             return responses.replay(outcome.record)
         if isinstance(outcome, operation.InProgress):

@@ -297,7 +297,11 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
                 params.append(name)
         with connection.cursor() as cursor:
             cursor.execute(statement, params)
-            updated = cursor.rowcount
+            if sql.finalize_returns:
+                row = cursor.fetchone()
+                updated = 0 if row is None else 1
+            else:
+                updated = cursor.rowcount
         if updated != 1:
             return False
         for name, value in values.items():
@@ -305,6 +309,8 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         record.locked_until = None
         if sql.clocked:
             _reload_on_read(record, "completed_at", "expires_at")
+        if sql.finalize_returns:
+            record.expires_at = sql.value("expires_at", row[0], connection)
         return True
 
     def release(self, record: IdempotencyRecord, connection: Any = None) -> bool:

@@ -84,6 +84,11 @@ REPLAYED = {
     "schema": {"type": "string", "enum": ["true"]},
     "description": "Present on the stored response of an earlier request with the same key.",
 }
+EXPIRES = {
+    "schema": {"type": "string"},
+    "description": "An HTTP-date: until then the Idempotency-Key is remembered, and a retry "
+    "with it gets this answer instead of running the operation again.",
+}
 
 
 def etag_header(description: str) -> dict[str, Any]:
@@ -114,14 +119,17 @@ IDEMPOTENCY_PROBLEMS = {
     "409": Answer(
         "A request with this Idempotency-Key is still in progress, or a concurrent one held "
         "a lock this request needed. Retry with the same key after Retry-After seconds.",
-        {"Retry-After": RETRY_AFTER},
+        {"Retry-After": RETRY_AFTER, "Idempotency-Expires": EXPIRES},
     ),
     "413": Answer(
         "The request body is larger than DATA_UPLOAD_MAX_MEMORY_SIZE, so it cannot be "
         "compared with a retry's; nothing was done.",
         {},
     ),
-    "422": Answer("This Idempotency-Key was already used with a different request.", {}),
+    "422": Answer(
+        "This Idempotency-Key was already used with a different request.",
+        {"Idempotency-Expires": EXPIRES},
+    ),
     "503": Answer(
         "The idempotency store is unavailable; nothing was done. Retry with the same key "
         "after Retry-After seconds.",
@@ -271,6 +279,7 @@ class GuardedSchemaMixin:
             problems["400"] = DERIVED_KEY_INVALID
         self._add_problems(operation, registry, problems)
         _add_header(operation, REPLAYED_HEADER, REPLAYED)
+        _add_header(operation, "Idempotency-Expires", EXPIRES)
 
     def _document_precondition(self, operation: dict[str, Any], registry: Any) -> None:
         required = bool(self.view.precondition_required)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.urls import NoReverseMatch, reverse
+from django.utils.http import http_date
 
-from django_idempotency import encryption, problems
+from django_idempotency import clock, encryption, problems
 from django_idempotency.conf import conf
 from django_idempotency.models import IdempotencyRecord
 from django_idempotency.operation import Stored
@@ -20,6 +22,10 @@ __all__ = ["accepted"]
 _logger = logging.getLogger("django_idempotency")
 
 REPLAYED_HEADER = "Idempotent-Replayed"
+#: Until when the key is remembered (an HTTP-date, as ``Expires`` and ``Sunset`` give
+#: one): docs/reference/http.md says why a date and not a TTL in seconds.
+_EXPIRES_HEADER = "Idempotency-Expires"
+AnyResponse = TypeVar("AnyResponse", bound=HttpResponseBase)
 _STORED_HEADERS = frozenset(
     {"content-type", "location", "content-location", "etag", "last-modified", "link"}
     # They describe the stored bytes: gzip bytes replayed without their encoding are garbage.
@@ -143,6 +149,26 @@ def replay(record: IdempotencyRecord) -> HttpResponse:
     if "Cache-Control" not in response:
         response["Cache-Control"] = _REPLAY_CACHE_CONTROL
     response[REPLAYED_HEADER] = "true"
+    return told_expiry(response, record)
+
+
+def told_expiry(
+    response: AnyResponse, record: IdempotencyRecord, ttl: timedelta | None = None
+) -> AnyResponse:
+    """``response`` with ``Idempotency-Expires``: when ``record``'s key is forgotten.
+
+    Read from the record. Where the database computed ``expires_at`` and could not send
+    it back with the finalize (MySQL/MariaDB have no ``UPDATE ... RETURNING``), a first
+    response gives the app server's time plus ``ttl`` instead of spending a query on a
+    hint: a date for the client, which no decision here reads.
+    """
+    if "expires_at" in record.__dict__:
+        expires = record.expires_at
+    elif ttl is not None:
+        expires = clock.app_now() + ttl
+    else:
+        return response
+    response[_EXPIRES_HEADER] = http_date(expires.timestamp())
     return response
 
 
@@ -198,7 +224,7 @@ def in_progress(record: IdempotencyRecord, retry_after: int) -> HttpResponse:
     return problems.IN_PROGRESS.response(
         "A request with the same Idempotency-Key for the same operation is being processed. "
         "Retry later with the same key.",
-        headers={"Retry-After": str(retry_after)},
+        headers={"Retry-After": str(retry_after), **_expires(record)},
         operation=_status_url(record),
     )
 
@@ -206,8 +232,16 @@ def in_progress(record: IdempotencyRecord, retry_after: int) -> HttpResponse:
 def mismatch(record: IdempotencyRecord) -> HttpResponse:
     return problems.KEY_REUSED.response(
         "This Idempotency-Key was already used with a different request (method, path or "
-        "body). Idempotency keys must not be reused across different payloads."
+        "body). Idempotency keys must not be reused across different payloads.",
+        headers=_expires(record),
     )
+
+
+def _expires(record: IdempotencyRecord) -> dict[str, str]:
+    expires: datetime | None = record.expires_at
+    if expires is None:  # a record not from the database (the docs' examples)
+        return {}
+    return {_EXPIRES_HEADER: http_date(expires.timestamp())}
 
 
 _BUSY_DETAIL = {

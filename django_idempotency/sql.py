@@ -112,9 +112,13 @@ class Statements:
             for name in FINALIZED
         )
         fence = f"{q('id')} = %s AND {q('lease_token')} = %s AND {q('status')} = %s"
-        self.finalize = (
-            f"UPDATE {table} SET {assignments}, {q('locked_until')} = NULL WHERE {fence}"
-        )
+        finalize = f"UPDATE {table} SET {assignments}, {q('locked_until')} = NULL WHERE {fence}"
+        # The database computed expires_at: it comes back with the statement where the
+        # database can say it (RETURNING), for the first response's Idempotency-Expires.
+        self.finalize_returns = self.clocked and _returns_from_update(connection)
+        self.finalize = finalize
+        if self.finalize_returns:
+            self.finalize = f"{finalize} RETURNING {q('expires_at')}"
         self.release = f"DELETE FROM {table} WHERE {fence}"
         self.unlock = f"UPDATE {table} SET {q('locked_until')} = {now} WHERE {fence}"
         self.session = _session_locks(self.vendor, leased)
@@ -122,10 +126,10 @@ class Statements:
         if self.vendor == "postgresql":
             # The session lock ends with the statement that completes the record: the
             # first request of an ``atomic=False`` view costs one statement more, not two.
-            self.finalize_unlocking = f"{self.finalize} RETURNING pg_advisory_unlock(%s)"
+            self.finalize_unlocking = f"{self.finalize}, pg_advisory_unlock(%s)"
         elif self.vendor == "mysql":
             # No RETURNING on UPDATE: a SET expression runs for the fenced row only.
-            self.finalize_unlocking = self.finalize.replace(
+            self.finalize_unlocking = finalize.replace(
                 " WHERE ",
                 f", {q('liveness')} = CASE WHEN RELEASE_LOCK(%s) IS NULL THEN '' ELSE '' END "
                 "WHERE ",
@@ -174,6 +178,13 @@ class Statements:
     def now_params(self) -> list[Any]:
         """What ``unlock``'s time needs: nothing, or the app's time where not clocked."""
         return [] if self.clocked else [clock.app_now()]
+
+    def value(self, name: str, value: Any, connection: BaseDatabaseWrapper) -> Any:
+        """A column's value as read, made what the ORM makes of it."""
+        converters, column = self.converters[self.names.index(name)]
+        for converter in converters:
+            value = converter(value, column, connection)
+        return value
 
     def now(self, row: Sequence[Any], connection: BaseDatabaseWrapper) -> Any:
         """The database's time read with a lookup's ``row`` (the app's, if not clocked)."""
@@ -234,6 +245,17 @@ def _bigint(operation_id: Any) -> int:
 def _lock_name(operation_id: Any) -> str:
     """A MySQL lock name (at most 64 characters), per server, not per database."""
     return f"django_idempotency:{operation_id.hex}"
+
+
+def _returns_from_update(connection: BaseDatabaseWrapper) -> bool:
+    """``UPDATE ... RETURNING``: PostgreSQL, SQLite 3.35+; not MySQL/MariaDB."""
+    if connection.vendor == "postgresql":
+        return True
+    if connection.vendor == "sqlite":
+        import sqlite3
+
+        return sqlite3.sqlite_version_info >= (3, 35, 0)
+    return False
 
 
 def _sent_as_text(field: Field[Any, Any], connection: BaseDatabaseWrapper) -> bool:

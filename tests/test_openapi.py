@@ -244,7 +244,11 @@ def test_conditional_updates_document_if_match_412_428_and_etag(schema: dict[str
     assert if_match["required"] is True
     assert {"400", "409", "412", "422", "428"} <= problem_statuses(patch)
     assert header(patch, "Idempotency-Key") is not None  # both mixins on one view
-    assert set(patch["responses"]["200"]["headers"]) == {"ETag", "Idempotent-Replayed"}
+    assert set(patch["responses"]["200"]["headers"]) == {
+        "ETag",
+        "Idempotent-Replayed",
+        "Idempotency-Expires",
+    }
     assert "ETag" in detail["get"]["responses"]["200"]["headers"]
     assert header(detail["get"], "If-Match") is None
     # The list route is not conditional.
