@@ -66,12 +66,22 @@ PHASES = {
     "floor replay": ("/floor/replay/", "replay"),
     "encrypted": ("/encrypted/", "unique"),
     "encrypted replay": ("/encrypted/", "replay"),
+    "cached": ("/cached/", "unique"),
+    "cached replay": ("/cached/", "replay"),
 }
 MODES = ["two-phase", "single", "non-atomic", "replay"]
 # encrypted phase -> the same phase without encryption
 ENCRYPTED = {"encrypted": "two-phase", "encrypted replay": "replay"}
 # The completed keys replays cycle through, per guarded path (one key: one route).
-REPLAY_PREFIX = {"/two-phase/": "replay-", "/floor/replay/": "replay-", "/encrypted/": "enc-"}
+REPLAY_PREFIX = {
+    "/two-phase/": "replay-",
+    "/floor/replay/": "replay-",
+    "/encrypted/": "enc-",
+    "/cached/": "cached-",
+}
+# replay-cache phase -> the same phase without REPLAY_CACHE
+CACHED = {"cached": "two-phase", "cached replay": "replay"}
+CACHED_TARGETS = {"cached replay": ("rps/bare", 1.3), "cached": ("rps/plain", 0.97)}
 TARGETS = {"two-phase": 0.6, "single": 0.7, "replay": 1.5}
 FLOOR_TARGET = 0.9
 
@@ -155,7 +165,7 @@ def count_statements(url: str) -> dict[str, list[str]]:
 
 
 def prepare_replays(base: str) -> None:
-    for path in ("/two-phase/", "/encrypted/"):
+    for path in ("/two-phase/", "/encrypted/", "/cached/"):
         for number in range(REPLAY_KEYS):
             key = f"{REPLAY_PREFIX[path]}{number}"
             request = urllib.request.Request(
@@ -248,6 +258,7 @@ def report(results: dict[str, dict[str, float]], statements: dict[str, list[str]
             f"{added:+5d} {over_floor:+10d}  {'; '.join(verdicts)}"
         )
     report_encryption(results, statements)
+    ok = report_replay_cache(results) and ok
     print("\nstatements per request (execute_wrapper, one in-process request each):")
     for name, sql in statements.items():
         verbs = Counter(statement.split()[0] for statement in sql)
@@ -279,6 +290,36 @@ def report_encryption(
         f"  in process, per request: encrypting the stored response {seal:.1f} us, "
         f"decrypting it for a replay {unseal:.1f} us (the benchmark's response, best of 5)"
     )
+
+
+def report_replay_cache(results: dict[str, dict[str, float]]) -> bool:
+    """The replay-cache phases (Redis, Django's RedisCache) against the same phases
+    without it, from the same run, with the issue's targets: a cached replay at 1.3x the
+    bare view or better, a first request within 3% of one without the cache."""
+    pairs = {name: plain for name, plain in CACHED.items() if {name, plain} <= set(results)}
+    if not pairs:
+        return True
+    bare = results["bare"]
+    ok = True
+    print(
+        f"\n{'replay cache on':18} {'rps/plain':>9} {'rps/bare':>8} {'p50/plain':>9} "
+        f"{'p99/plain':>9}  target  (plain: the same phase without REPLAY_CACHE)"
+    )
+    for name, plain in pairs.items():
+        result, without = results[name], results[plain]
+        ratios = {
+            "rps/plain": result["rps"] / without["rps"],
+            "rps/bare": result["rps"] / bare["rps"],
+        }
+        measure, target = CACHED_TARGETS[name]
+        met = ratios[measure] >= target
+        ok = ok and met
+        print(
+            f"{name:18} {ratios['rps/plain']:9.2f} {ratios['rps/bare']:8.2f} "
+            f"{result['p50'] / without['p50']:9.2f} {result['p99'] / without['p99']:9.2f}  "
+            f"{measure} >= {target}: {'met' if met else 'MISSED'}"
+        )
+    return ok
 
 
 def crypto_cost(rounds: int = 2000) -> tuple[float, float]:
@@ -374,6 +415,7 @@ def main() -> int:
         for name in names:
             print(name, results[name])
         report_encryption(results, statements)
+        report_replay_cache(results)
         return 0
     ok = report(results, statements)
     if plot is not None:

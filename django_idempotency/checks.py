@@ -23,6 +23,7 @@ id                            reported when
 ``django_idempotency.E014``   an ``atomic=False`` view runs inside ``ATOMIC_REQUESTS``
 ``django_idempotency.E015``   ``SESSION_LOCKS`` is not ``"auto"``, ``True`` or ``False``
 ``django_idempotency.E016``   ``CONFLICT_RETRIES`` is not an int of zero or more
+``django_idempotency.E020``   ``REPLAY_CACHE`` does not name a cache in ``CACHES``
 ``django_idempotency.E017``   ``ENCRYPTION_KEYS`` is not a list of distinct, valid Fernet keys
 ``django_idempotency.E018``   ``ENCRYPTION_KEYS`` is set but ``cryptography`` is not installed
 ``django_idempotency.E019``   ``REDACT`` is not a callable or the dotted path of one
@@ -70,7 +71,7 @@ def _valid_names() -> str:
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """E001-E012, E015-E019, W002-W004: the type and range of every setting."""
+    """E001-E012, E015-E020, W002-W004: the type and range of every setting."""
     user = _user_settings()
     if user is None:
         user = {}
@@ -268,6 +269,18 @@ _redact = _function(
 )
 
 
+def _replay_cache(value: Any) -> tuple[str, str, str] | None:
+    if value is None or (isinstance(value, str) and value in settings.CACHES):
+        return None
+    return (
+        f"must be None or an alias in CACHES, not {value!r}.",
+        "Name a cache of Django's cache framework, e.g. 'replays' with "
+        "django.core.cache.backends.redis.RedisCache, or None to read every replay "
+        "from the database.",
+        "E020",
+    )
+
+
 def _conflict_retries(value: Any) -> tuple[str, str, str] | None:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return None
@@ -293,6 +306,7 @@ VALIDATORS: dict[str, Callable[[Any], tuple[str, str, str] | None]] = {
     "PROBLEM_BASE_URL": _problem_base_url,
     "SESSION_LOCKS": _session_locks,
     "CONFLICT_RETRIES": _conflict_retries,
+    "REPLAY_CACHE": _replay_cache,
     "ENCRYPTION_KEYS": _encryption_keys,
     "REDACT": _redact,
 }

@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "PURGE_GRACE": timedelta(days=1),
     "SESSION_LOCKS": "auto",
     "CONFLICT_RETRIES": 5,
+    "REPLAY_CACHE": None,
     "PROBLEM_BASE_URL": "https://django-idempotency.readthedocs.io/en/latest/reference/problems/#",
     "ENCRYPTION_KEYS": (),
     "REDACT": None,
@@ -112,6 +113,13 @@ class Settings:
         """
         value = self.get("SESSION_LOCKS")
         return value if value == "auto" else bool(value)
+
+    @property
+    def REPLAY_CACHE(self) -> str | None:
+        """The alias in ``CACHES`` that replays are answered from before the database
+        (``replay_cache``), or ``None``: every replay reads its record."""
+        value = self.get("REPLAY_CACHE")
+        return None if value is None else str(value)
 
     @property
     def CONFLICT_RETRIES(self) -> int:

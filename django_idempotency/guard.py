@@ -18,7 +18,17 @@ from django.db import connections, transaction
 from django.db.models import Q
 from django.http import HttpResponseBase
 
-from django_idempotency import checks, clock, engine, keys, models, operation, responses
+from django_idempotency import (
+    checks,
+    clock,
+    engine,
+    keys,
+    models,
+    operation,
+    replay_cache,
+    responses,
+    signals,
+)
 from django_idempotency.conf import conf
 
 if TYPE_CHECKING:
@@ -124,6 +134,9 @@ class Guard:
             return passthrough(request, view)
         if isinstance(intent, HttpResponseBase):
             return intent
+        cached = _cached_replay(intent)
+        if cached is not None:
+            return cached
         policy = self.policy()
         deadline = time.monotonic() + policy.wait.total_seconds()
         pause = _FIRST_POLL
@@ -146,6 +159,9 @@ class Guard:
             return await sync_to_async(passthrough, thread_sensitive=True)(request, view)
         if isinstance(intent, HttpResponseBase):
             return intent
+        cached = await sync_to_async(_cached_replay, thread_sensitive=True)(intent)
+        if cached is not None:
+            return cached
         policy = self.policy()
         deadline = time.monotonic() + policy.wait.total_seconds()
         pause = _FIRST_POLL
@@ -178,8 +194,10 @@ class Guard:
         if isinstance(outcome, operation.Executed):
             if outcome.record is None:
                 return outcome.value
+            replay_cache.remember(outcome.record)
             return responses.told_expiry(outcome.value, outcome.record, self.ttl or conf.TTL)
         if isinstance(outcome, operation.Replay):
+            replay_cache.remember(outcome.record)
             return responses.replay(outcome.record)
         if isinstance(outcome, operation.InProgress):
             return responses.in_progress(outcome.record, outcome.retry_after)
@@ -188,6 +206,19 @@ class Guard:
         if isinstance(outcome, operation.Conflict):
             return responses.busy(outcome.reason, outcome.retry_after)
         return responses.unavailable(outcome.retry_after)
+
+
+def _cached_replay(intent: operation.Intent) -> HttpResponseBase | None:
+    """The replay from ``REPLAY_CACHE``, sent the signal a replay read from the database
+    gets; ``None`` to ask the database."""
+    record = replay_cache.lookup(intent)
+    if record is None:
+        return None
+    if signals.operation_replayed.receivers:
+        signals.operation_replayed.send(
+            sender=models.IdempotencyRecord, record=record, scope=intent.scope, key=intent.key
+        )
+    return responses.replay(record)
 
 
 def _held(

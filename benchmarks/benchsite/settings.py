@@ -46,6 +46,15 @@ if os.environ.get("BENCH_POOLER") == "transaction":
     # SESSION_LOCKS "auto" reads).
     DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 
+# overhead.py's /cached/ phases answer replays from Redis (REPLAY_CACHE, per request).
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "replays": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/8"),
+    },
+}
+
 IDEMPOTENCY = {
     "LEASE": timedelta(seconds=float(os.environ.get("BENCH_LEASE", "90"))),
     "TTL": timedelta(hours=1),

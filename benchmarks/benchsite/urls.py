@@ -12,6 +12,7 @@ urlpatterns = [
     path("single/", views.single),
     path("non-atomic/", views.non_atomic),
     path("encrypted/", views.encrypted),
+    path("cached/", views.cached),
     path("floor/two-phase/", views.floor_two_phase),
     path("floor/single/", views.floor_single),
     path("floor/non-atomic/", views.floor_non_atomic),

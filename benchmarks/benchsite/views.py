@@ -68,6 +68,16 @@ def encrypted(request: HttpRequest) -> HttpResponse:
         settings.IDEMPOTENCY = plain
 
 
+def cached(request: HttpRequest) -> HttpResponse:
+    """Two-phase with ``REPLAY_CACHE`` (Redis), swapped in for this request as above."""
+    plain = settings.IDEMPOTENCY
+    settings.IDEMPOTENCY = {**plain, "REPLAY_CACHE": "replays"}
+    try:
+        return two_phase(request)
+    finally:
+        settings.IDEMPOTENCY = plain
+
+
 # ---------------------------------------------------------------- floors (raw SQL)
 
 _fields = {field.column: field for field in IdempotencyRecord._meta.concrete_fields}
