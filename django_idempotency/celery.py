@@ -55,7 +55,7 @@ from celery.exceptions import Reject, Retry  # type: ignore[import-untyped]
 
 from django_idempotency.conf import conf
 from django_idempotency.keys import InvalidKey
-from django_idempotency.once import Busy, KeyReused, Once, Unavailable
+from django_idempotency.once import Busy, KeyExpired, KeyReused, Once, Unavailable
 
 __all__ = ["idempotent_task"]
 
@@ -87,6 +87,7 @@ def idempotent_task(
         *options.get("dont_autoretry_for", ()),
         InvalidKey,
         KeyReused,
+        KeyExpired,
     )
     bind = bool(options.pop("bind", False))
 

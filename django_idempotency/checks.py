@@ -24,6 +24,7 @@ id                            reported when
 ``django_idempotency.E015``   ``SESSION_LOCKS`` is not ``"auto"``, ``True`` or ``False``
 ``django_idempotency.E016``   ``CONFLICT_RETRIES`` is not an int of zero or more
 ``django_idempotency.E020``   ``REPLAY_CACHE`` does not name a cache in ``CACHES``
+``django_idempotency.E021``   ``TOMBSTONE_TTL`` is not a ``timedelta`` of zero or more
 ``django_idempotency.E017``   ``ENCRYPTION_KEYS`` is not a list of distinct, valid Fernet keys
 ``django_idempotency.E018``   ``ENCRYPTION_KEYS`` is set but ``cryptography`` is not installed
 ``django_idempotency.E019``   ``REDACT`` is not a callable or the dotted path of one
@@ -71,7 +72,7 @@ def _valid_names() -> str:
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """E001-E012, E015-E020, W002-W004: the type and range of every setting."""
+    """E001-E012, E015-E021, W002-W004: the type and range of every setting."""
     user = _user_settings()
     if user is None:
         user = {}
@@ -307,6 +308,7 @@ VALIDATORS: dict[str, Callable[[Any], tuple[str, str, str] | None]] = {
     "SESSION_LOCKS": _session_locks,
     "CONFLICT_RETRIES": _conflict_retries,
     "REPLAY_CACHE": _replay_cache,
+    "TOMBSTONE_TTL": _non_negative_duration("E021", "timedelta(days=30), or 0 for none"),
     "ENCRYPTION_KEYS": _encryption_keys,
     "REDACT": _redact,
 }

@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "SESSION_LOCKS": "auto",
     "CONFLICT_RETRIES": 5,
     "REPLAY_CACHE": None,
+    "TOMBSTONE_TTL": timedelta(days=30),
     "PROBLEM_BASE_URL": "https://django-idempotency.readthedocs.io/en/latest/reference/problems/#",
     "ENCRYPTION_KEYS": (),
     "REDACT": None,
@@ -113,6 +114,13 @@ class Settings:
         """
         value = self.get("SESSION_LOCKS")
         return value if value == "auto" else bool(value)
+
+    @property
+    def TOMBSTONE_TTL(self) -> timedelta:
+        """How long a completed record's key stays taken after its ``TTL``, answering late
+        retries with ``410 idempotency-key-expired`` instead of running them again.
+        ``timedelta(0)``: the key is free at once, as on Stripe."""
+        return self.get("TOMBSTONE_TTL")  # type: ignore[no-any-return]
 
     @property
     def REPLAY_CACHE(self) -> str | None:

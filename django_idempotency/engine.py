@@ -42,6 +42,7 @@ from django_idempotency.models import (
 from django_idempotency.operation import (
     Conflict,
     Executed,
+    Expired,
     InProgress,
     Intent,
     LeaseLost,
@@ -397,6 +398,9 @@ class Attempt:
             if not intent.matches(existing.fingerprint):
                 _send(signals.operation_conflict, existing, intent, reason="mismatch")
                 return Mismatch(existing)
+            if existing.is_tombstone(now):
+                _send(signals.operation_conflict, existing, intent, reason="expired")
+                return Expired(existing)
             if existing.status == Status.COMPLETED:
                 _send(signals.operation_replayed, existing, intent)
                 return Replay(existing)

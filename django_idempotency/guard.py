@@ -203,6 +203,8 @@ class Guard:
             return responses.in_progress(outcome.record, outcome.retry_after)
         if isinstance(outcome, operation.Mismatch):
             return responses.mismatch(outcome.record)
+        if isinstance(outcome, operation.Expired):
+            return responses.key_expired(outcome.record)
         if isinstance(outcome, operation.Conflict):
             return responses.busy(outcome.reason, outcome.retry_after)
         return responses.unavailable(outcome.retry_after)

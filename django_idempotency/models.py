@@ -56,14 +56,27 @@ def records_database() -> str:
 
 
 def expired_at(now: datetime | clock.Now) -> Q:
-    """The one rule for "expired": past ``expires_at`` and holding no live lease.
+    """The one rule for "expired", the key free again: past ``expires_at``, holding no
+    live lease, and no tombstone.
 
     An IN_PROGRESS record whose lease still runs is never expired, even past its
     ``expires_at`` (a view whose ``ttl`` is shorter than its lease): its attempt may
     still commit, so treating the key as free would run the work a second time.
     ``now`` is a time read from the database's clock, or ``clock.Now()`` itself.
     """
-    return Q(expires_at__lte=now) & ~_live_lease(now)
+    return Q(expires_at__lte=now) & ~_live_lease(now) & ~tombstone_at(now)
+
+
+def tombstone_at(now: datetime | clock.Now) -> Q:
+    """The rule for a tombstone: a COMPLETED record past its ``expires_at`` by less than
+    ``TOMBSTONE_TTL``. Its response is no longer replayed (purge empties it), but its key
+    is not free: a late retry is told the operation completed instead of running it
+    again."""
+    from django_idempotency.conf import conf
+
+    ttl = conf.TOMBSTONE_TTL
+    since = now - ttl if isinstance(now, datetime) else clock.after(-ttl)
+    return Q(status=Status.COMPLETED, expires_at__lte=now, expires_at__gt=since)
 
 
 def _live_lease(now: datetime | clock.Now) -> Q:
@@ -373,9 +386,16 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
     def purgeable_expired(
         self, now: datetime, older_than: timedelta = timedelta(0)
     ) -> IdempotencyRecordQuerySet:
-        """Records that expired at least ``older_than`` ago and hold no live lease now."""
+        """Records that expired at least ``older_than`` ago and hold no live lease nor a
+        tombstone now."""
         return self.filter(  # type: ignore[no-any-return]
-            Q(expires_at__lte=now - older_than) & ~_live_lease(now)
+            Q(expires_at__lte=now - older_than) & ~_live_lease(now) & ~tombstone_at(now)
+        )
+
+    def unburied(self, now: datetime) -> IdempotencyRecordQuerySet:
+        """Tombstones that still hold the response they will never replay."""
+        return self.filter(  # type: ignore[no-any-return]
+            tombstone_at(now) & ~Q(response_body=None, response_headers={})
         )
 
     def purgeable_abandoned(
@@ -423,14 +443,18 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
             raise ValueError("batch_size must be at least 1")
         records = self._on_write_database()
         now = now or clock.read(records.db)
-        kinds = (
+        kinds: list[tuple[str, IdempotencyRecordQuerySet, tuple[str, ...]]] = [
             ("expired", records.purgeable_expired(now, older_than), ("expires_at",)),
             (
                 "abandoned",
                 records.purgeable_abandoned(now, older_than, grace),
                 ("status", "locked_until"),
             ),
-        )
+        ]
+        from django_idempotency.conf import conf
+
+        if conf.TOMBSTONE_TTL:
+            kinds.append(("buried", records.unburied(now), ("expires_at",)))
         result = PurgeResult(dry_run=dry_run)
         for kind, candidates, order in kinds:
             if dry_run:
@@ -438,7 +462,10 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
                 continue
             while True:
                 started = time.monotonic()
-                selected, deleted = candidates._delete_batch(order, batch_size)
+                if kind == "buried":
+                    selected, deleted = candidates._bury_batch(order, batch_size)
+                else:
+                    selected, deleted = candidates._delete_batch(order, batch_size)
                 if not selected:
                     break
                 batch = PurgeBatch(
@@ -480,6 +507,19 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         alias: str | None = getattr(self, "_db", None)  # set by .using()
         records: IdempotencyRecordQuerySet = self.using(alias or records_database())
         return records
+
+    def _bury_batch(self, order: tuple[str, ...], batch_size: int) -> tuple[int, int]:
+        """One short transaction: empty the stored response of up to ``batch_size``
+        tombstones, the condition checked again; ``(selected, emptied)``. Rare next to
+        deletes (each tombstone once), so through the ORM."""
+        connection = connections[self.db]
+        selection = self.order_by(*order)
+        if connection.features.has_select_for_update_skip_locked:
+            selection = selection.select_for_update(skip_locked=True)
+        with transaction.atomic(using=self.db):
+            ids = list(selection.values_list("pk", flat=True)[:batch_size])
+            emptied = self.filter(pk__in=ids).update(response_body=None, response_headers={})
+        return len(ids), emptied
 
     def _delete_batch(self, order: tuple[str, ...], batch_size: int) -> tuple[int, int]:
         """One short transaction: delete up to ``batch_size`` matching rows, ``order`` first.
@@ -597,14 +637,23 @@ class IdempotencyRecord(models.Model):
         return f"{self.key} ({self.scope})"
 
     def is_expired(self, now: datetime | None = None) -> bool:
-        """``expired_at`` in Python: past ``expires_at`` and no live lease.
+        """``expired_at`` in Python: past ``expires_at``, no live lease, no tombstone.
 
         ``now`` should come from the database's clock (``clock.read``, or the time a
         claim read with the record); by default it is read.
         """
         now = now or clock.read(self._state.db or records_database())
         live = self.status == Status.IN_PROGRESS and self.lease_is_live(now)
-        return self.expires_at <= now and not live
+        return self.expires_at <= now and not live and not self.is_tombstone(now)
+
+    def is_tombstone(self, now: datetime | None = None) -> bool:
+        """``tombstone_at`` in Python."""
+        from django_idempotency.conf import conf
+
+        now = now or clock.read(self._state.db or records_database())
+        if self.status != Status.COMPLETED or self.expires_at > now:
+            return False
+        return bool(self.expires_at > now - conf.TOMBSTONE_TTL)
 
     def lease_is_live(self, now: datetime | None = None) -> bool:
         if self.locked_until is None:
@@ -636,6 +685,7 @@ class PurgeResult:
     dry_run: bool = False
     expired: int = 0
     abandoned: int = 0
+    buried: int = 0  # tombstones whose stored response was emptied (not deleted)
     batches: int = 0
     longest_batch: float = 0.0
 

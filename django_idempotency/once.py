@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from django_idempotency.engine import Attempt
     from django_idempotency.operation import NotRun
 
-__all__ = ["Busy", "KeyReused", "OnceError", "Run", "Unavailable", "once"]
+__all__ = ["Busy", "KeyExpired", "KeyReused", "OnceError", "Run", "Unavailable", "once"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NO_PAYLOAD = object()
@@ -79,6 +79,11 @@ class OnceError(Exception):
 
 class KeyReused(OnceError):
     """The key was used before with a different payload: a bug upstream, not a retry."""
+
+
+class KeyExpired(OnceError):
+    """The message was processed long ago: its result is no longer kept (``TTL``), its
+    key still is (``TOMBSTONE_TTL``). Nothing ran: acknowledge it."""
 
 
 class Busy(OnceError):
@@ -226,6 +231,8 @@ class Once:
         where = f"Key {self.key!r} in scope {self.scope!r}"
         if isinstance(outcome, operation.Mismatch):
             raise KeyReused(f"{where} was already used with a different payload.")
+        if isinstance(outcome, operation.Expired):
+            raise KeyExpired(f"{where} was processed before; its result is no longer kept.")
         if isinstance(outcome, operation.InProgress):
             raise Busy(f"{where} is being processed.", outcome.retry_after, reason="in_progress")
         if isinstance(outcome, operation.Conflict):

@@ -173,6 +173,13 @@ class Mismatch:
 
 
 @dataclass(frozen=True)
+class Expired:
+    """The intent completed long ago: its answer is no longer kept, its key still is."""
+
+    record: IdempotencyRecord
+
+
+@dataclass(frozen=True)
 class Conflict:
     """A lock conflict or a lost lease: nothing was committed, retry shortly.
 
@@ -195,5 +202,5 @@ class StoreDown:
     retry_after: int = 5
 
 
-NotRun = Replay | InProgress | Mismatch | Conflict | StoreDown
+NotRun = Replay | InProgress | Mismatch | Expired | Conflict | StoreDown
 Outcome = Executed[R] | NotRun

@@ -45,6 +45,7 @@ class Problem:
 KEY_MISSING = Problem("idempotency-key-missing", 400, "Idempotency-Key is missing")
 KEY_INVALID = Problem("idempotency-key-invalid", 400, "Idempotency-Key is invalid")
 KEY_REUSED = Problem("idempotency-key-reused", 422, "Idempotency-Key is already used")
+KEY_EXPIRED = Problem("idempotency-key-expired", 410, "Idempotency-Key has expired")
 IN_PROGRESS = Problem(
     "idempotency-request-in-progress", 409, "A request is outstanding for this Idempotency-Key"
 )

@@ -237,6 +237,19 @@ def mismatch(record: IdempotencyRecord) -> HttpResponse:
     )
 
 
+def key_expired(record: IdempotencyRecord) -> HttpResponse:
+    """410: the operation completed and its answer was kept for ``TTL``, which has
+    passed; running it again would do the work twice, so the client is told instead."""
+    completed = record.completed_at
+    return problems.KEY_EXPIRED.response(
+        "A request with this Idempotency-Key completed, and its response is no longer "
+        "kept. It was not run again. Use a new key for a new operation.",
+        operation_id=str(record.pk),
+        completed_at=None if completed is None else completed.isoformat(),
+        response_status=record.response_status,
+    )
+
+
 def _expires(record: IdempotencyRecord) -> dict[str, str]:
     expires: datetime | None = record.expires_at
     if expires is None:  # a record not from the database (the docs' examples)

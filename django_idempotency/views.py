@@ -24,6 +24,7 @@ from typing import Any
 
 from django.apps import apps
 from django.db import transaction
+from django.db.models import BooleanField, ExpressionWrapper
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -34,6 +35,7 @@ from django_idempotency.models import (
     IdempotencyRecordQuerySet,
     expired_at,
     records_database,
+    tombstone_at,
 )
 
 ALLOWED_METHODS = ("GET", "HEAD")
@@ -120,7 +122,10 @@ def records() -> IdempotencyRecordQuerySet:
 
 
 def describe(candidates: IdempotencyRecordQuerySet) -> HttpResponse:
-    found = candidates.exclude(expired_at(clock.Now())).values(*FIELDS).first()
+    now = clock.Now()
+    tombstone = ExpressionWrapper(tombstone_at(now), output_field=BooleanField())
+    found = candidates.exclude(expired_at(now)).annotate(tombstone=tombstone)
+    found = found.values(*FIELDS, "tombstone").first()
     if found is None:
         return problems.OPERATION_NOT_FOUND.response(NOT_FOUND_DETAIL)
     found["id"] = str(found["id"])

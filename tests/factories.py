@@ -24,6 +24,7 @@ from django.utils import timezone
 from factory.django import DjangoModelFactory
 
 from django_idempotency import keys
+from django_idempotency.conf import conf
 from django_idempotency.models import IdempotencyRecord, Status
 
 LEASE = timedelta(seconds=90)
@@ -70,7 +71,15 @@ class IdempotencyRecordFactory(DjangoModelFactory[IdempotencyRecord]):
             response_headers={"Content-Type": "application/json", "Location": "/orders/1/"},
             response_body=b'{"id": 1, "amount": 0}',
         )
+        # Expired and past its tombstone too: the key is free again.
         expired = factory.Trait(
+            completed=True,
+            created_at=factory.LazyFunction(
+                lambda: timezone.now() - TTL - conf.TOMBSTONE_TTL - timedelta(hours=1)
+            ),
+        )
+        # Expired within TOMBSTONE_TTL: the answer is gone, the key still taken.
+        tombstone = factory.Trait(
             completed=True,
             created_at=factory.LazyFunction(lambda: timezone.now() - TTL - timedelta(hours=1)),
         )

@@ -22,7 +22,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -634,6 +634,11 @@ def problem_examples() -> list[tuple[str, Callable[[], Any]]]:
     not_stored = IdempotencyRecord(
         pk=operation, response_status=201, response_headers={"Location": "/orders/42/"}
     )
+    tombstone = IdempotencyRecord(
+        pk=operation,
+        response_status=201,
+        completed_at=datetime(2026, 11, 2, 9, 41, 7, tzinfo=timezone.utc),
+    )
     return [
         ("idempotency-key-missing", responses.missing_key),
         (
@@ -641,6 +646,7 @@ def problem_examples() -> list[tuple[str, Callable[[], Any]]]:
             lambda: responses.invalid_key("Send exactly one key, not a list."),
         ),
         ("idempotency-key-reused", lambda: responses.mismatch(not_stored)),
+        ("idempotency-key-expired", lambda: responses.key_expired(tombstone)),
         (
             "idempotency-request-in-progress",
             lambda: responses.in_progress(IdempotencyRecord(pk=operation), 89),

@@ -10,6 +10,7 @@ import threading
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -34,6 +35,13 @@ def purge(*args: str) -> str:
     out = StringIO()
     call_command("purge_idempotency_records", *args, stdout=out, stderr=StringIO())
     return out.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def no_tombstones(settings: Any) -> None:
+    """What purge deletes once keys are free: completed records here expire with no
+    tombstone (TOMBSTONE_TTL 0); tests/test_tombstones.py covers purge with them."""
+    settings.IDEMPOTENCY = {**getattr(settings, "IDEMPOTENCY", {}), "TOMBSTONE_TTL": timedelta(0)}
 
 
 def expired(ago: timedelta = timedelta(minutes=1), **kwargs: object) -> IdempotencyRecord:

@@ -70,6 +70,7 @@ FIELDS = {
     "expires_at",
     "locked_until",
     "response_status",
+    "tombstone",
 }
 
 

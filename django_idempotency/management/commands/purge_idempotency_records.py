@@ -42,6 +42,12 @@ class Command(BaseCommand):
     SUMMARY = "Deleted {expired} expired and {abandoned} abandoned records in {batches} batch(es)."
     DRY_RUN_SUMMARY = "Would delete {expired} expired and {abandoned} abandoned records (dry run)."
     BATCH = "Batch {number}: deleted {deleted} of {selected} {kind} records in {seconds:.3f}s."
+    BURIED_BATCH = (
+        "Batch {number}: emptied the stored responses of {deleted} of {selected} tombstones "
+        "in {seconds:.3f}s."
+    )
+    BURIED = "Emptied the stored responses of {buried} tombstones (their keys stay taken)."
+    DRY_RUN_BURIED = "Would empty the stored responses of {buried} tombstones (dry run)."
     BAD_DURATION = (
         "Invalid --older-than {value!r}: give a whole number followed by s, m, h or d "
         "(45s, 90m, 36h, 2d), or a sum such as 1d12h."
@@ -80,10 +86,12 @@ class Command(BaseCommand):
         deleted = {"count": 0}
 
         def on_batch(batch: PurgeBatch) -> None:
-            deleted["count"] += batch.deleted
+            if batch.kind != "buried":
+                deleted["count"] += batch.deleted
             if self.verbosity >= 2:
+                line = self.BURIED_BATCH if batch.kind == "buried" else self.BATCH
                 self.stdout.write(
-                    self.BATCH.format(
+                    line.format(
                         number=batch.number,
                         deleted=batch.deleted,
                         selected=batch.selected,
@@ -114,6 +122,9 @@ class Command(BaseCommand):
                     expired=result.expired, abandoned=result.abandoned, batches=result.batches
                 )
             )
+            if result.buried:
+                line = self.DRY_RUN_BURIED if result.dry_run else self.BURIED
+                self.stdout.write(line.format(buried=result.buried))
 
     def _older_than(self, value: str | None) -> timedelta:
         if value is None:
