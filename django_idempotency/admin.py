@@ -36,6 +36,7 @@ from django_idempotency.models import (
     Status,
     expired_at,
     records_database,
+    tombstone_at,
 )
 
 SHOWN_BODY_CHARS = 100_000
@@ -87,6 +88,21 @@ class ExpiredFilter(admin.SimpleListFilter):
         self, request: HttpRequest, queryset: QuerySet[IdempotencyRecord]
     ) -> QuerySet[IdempotencyRecord]:
         return choose(queryset, self.value(), expired_at(clock.Now()))
+
+
+class TombstoneFilter(admin.SimpleListFilter):
+    """Completed past their TTL: the answer is gone, the key still taken (TOMBSTONE_TTL)."""
+
+    title = _("tombstone")
+    parameter_name = "tombstone"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("yes", _("Yes")), ("no", _("No"))]
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[IdempotencyRecord]
+    ) -> QuerySet[IdempotencyRecord]:
+        return choose(queryset, self.value(), tombstone_at(clock.Now()))
 
 
 class StuckFilter(admin.SimpleListFilter):
@@ -148,7 +164,7 @@ class IdempotencyRecordAdmin(ModelAdmin):
         "created_at",
         "expires_at",
     )
-    list_filter = ("status", ExpiredFilter, StuckFilter)
+    list_filter = ("status", ExpiredFilter, TombstoneFilter, StuckFilter)
     search_fields = ("key", "scope")
     search_help_text = _("Search by key or scope (user:<pk>, session:h1:<digest>, anonymous, ...).")
     date_hierarchy = "created_at"

@@ -17,6 +17,7 @@ from django_idempotency.conf import conf
 from django_idempotency.models import IdempotencyRecord
 from django_idempotency.once import KeyExpired, once
 from tests.conftest import send
+from tests.test_admin import changelist_url
 from tests.factories import IdempotencyRecordFactory, request_fingerprint
 from tests.testapp.models import Order
 
@@ -131,3 +132,12 @@ def test_a_tombstone_is_in_progress_never() -> None:
         fingerprint=request_fingerprint(data={"amount": 1}),
     )
     assert not record.is_tombstone(timezone.now())
+
+
+@pytest.mark.urls("tests.test_admin")
+def test_the_admin_filters_tombstones(admin_client: Client) -> None:
+    tombstone = IdempotencyRecordFactory(tombstone=True, key="t1")
+    IdempotencyRecordFactory(completed=True, key="live")
+    page = admin_client.get("/admin/django_idempotency/idempotencyrecord/", {"tombstone": "yes"})
+    assert page.status_code == 200
+    assert [record.pk for record in page.context["cl"].result_list] == [tombstone.pk]
