@@ -17,7 +17,6 @@ from django_idempotency.conf import conf
 from django_idempotency.models import IdempotencyRecord
 from django_idempotency.once import KeyExpired, once
 from tests.conftest import send
-from tests.test_admin import changelist_url
 from tests.factories import IdempotencyRecordFactory, request_fingerprint
 from tests.testapp.models import Order
 
