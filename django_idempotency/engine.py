@@ -414,6 +414,10 @@ class Attempt:
             taken = self._take_over(existing, live)
             if taken is ALIVE:
                 return self._in_progress(existing, ALIVE_RETRY_AFTER)
+            if taken is CONTENDED:
+                # Nothing ran: this attempt may run again once the others let go.
+                _send(signals.operation_conflict, existing, intent, reason="lock")
+                return Conflict("lock", serialization=True)
             if isinstance(taken, IdempotencyRecord):
                 _send(signals.operation_started, taken, intent)
                 return taken
@@ -429,9 +433,10 @@ class Attempt:
         """Take over an attempt that is gone: its lease ended, or (``live``) its lock is free.
 
         In one short transaction: the row lock without waiting (an atomic attempt holds
-        it while it works; for a dead lease, a conflict is another taker and is raised),
-        then for ``atomic=False`` the session lock, which the taker keeps for its own
-        work. ``ALIVE`` when the attempt still holds its lock; ``None`` when the record
+        it while it works), then for ``atomic=False`` the session lock, which the taker
+        keeps for its own work. ``ALIVE`` when the attempt still holds its lock;
+        ``CONTENDED`` when, its lease over, someone else holds the row (another taker):
+        the whole attempt may run again (``CONFLICT_RETRIES``); ``None`` when the record
         changed meanwhile (claim again).
         """
         records = self.records
@@ -452,9 +457,11 @@ class Attempt:
                 )
                 taken = records.take_over(record, self.policy.lease, mine, live=live)
         except STORE_ERRORS as exc:
-            if live and is_lock_conflict(exc):
-                return ALIVE
-            raise
+            if not is_lock_conflict(exc):
+                raise
+            # Held: by the attempt itself (alive), or by another retry taking it over,
+            # or (SERIALIZABLE on MariaDB) by every retry's shared read lock at once.
+            return ALIVE if live else CONTENDED
         finally:
             if held and (taken is None or self.liveness != Liveness.SESSION):
                 records.end_session(record)
@@ -512,8 +519,10 @@ class Attempt:
             atomic.__exit__(type(error), error, error.__traceback__)
 
 
-#: ``Attempt._take_over``'s answer when the running attempt holds its lock.
+#: ``Attempt._take_over``'s answers when the running attempt holds its lock, and when
+#: someone else holds the row of an attempt that is gone.
 ALIVE = object()
+CONTENDED = object()
 
 
 def _just_claimed(record: IdempotencyRecord, now: datetime) -> bool:

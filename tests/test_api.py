@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,6 +55,11 @@ OPTIONAL = {"celery": {"celery"}, "drf": {"rest_framework"}}
 
 
 def load(module: str) -> Any:
+    """The module; skipped where what it needs is not installed (the no-DRF run), before
+    importing it: ``drf`` imports without DRF, and system check E013 would then see it."""
+    for needed in OPTIONAL.get(module, ()):
+        if importlib.util.find_spec(needed) is None:
+            pytest.skip(f"{needed} is not installed")
     try:
         return importlib.import_module(f"django_idempotency.{module}")
     except ImportError as error:

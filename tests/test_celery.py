@@ -524,7 +524,7 @@ def test_a_duplicate_waits_for_the_running_attempt_and_returns_its_result(
     workers: Workers, worker_database: WorkerDatabase, queue: str, tmp_path: Path
 ) -> None:
     """The duplicate's claim times out (``WAIT`` is 1 s; SQLite waits its 5 s timeout)
-    again and again while the original holds its transaction (12 s on SQLite, 5 s
+    again and again while the original holds its transaction (16 s on SQLite, 5 s
     elsewhere: long enough for two timeouts). It is re-sent to wait, more often than
     ``max_retries`` (1) would allow, and ends with the original's stored result."""
     workers.start(**WAITING_WORKER)
