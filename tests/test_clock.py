@@ -54,3 +54,37 @@ def test_the_app_servers_clock_does_not_count(monkeypatch: pytest.MonkeyPatch) -
     ahead = timezone.now() + timedelta(minutes=2)
     monkeypatch.setattr(timezone, "now", lambda: ahead)
     assert clock.read("default") < ahead - timedelta(seconds=60)
+
+
+class _Elsewhere:
+    """A connection of a backend the clock has no SQL for (Oracle, a third party's)."""
+
+    vendor = "oracle"
+    alias = "default"
+
+
+def test_backends_without_clock_sql_say_so_and_fall_back_to_the_app_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    elsewhere = _Elsewhere()
+    assert not clock.supported(elsewhere)  # type: ignore[arg-type]
+    with pytest.raises(NotImplementedError):
+        clock.now_sql(elsewhere)  # type: ignore[arg-type]
+    with pytest.raises(NotImplementedError):
+        clock.after_sql(elsewhere)  # type: ignore[arg-type]
+    monkeypatch.setattr(connection, "vendor", "oracle")
+    before = timezone.now()
+    assert before <= clock.read("default") <= timezone.now()
+    sql, params = clock.Now().as_sql(None, connection)  # type: ignore[arg-type]
+    assert sql == "%s" and len(params) == 1
+
+
+def test_mysql_reads_utc_and_converts_to_a_stored_zone_that_is_not_utc() -> None:
+    class MySQL:
+        vendor = "mysql"
+        timezone_name = "Europe/Paris"
+
+    assert clock.now_sql(MySQL()) == "CONVERT_TZ(UTC_TIMESTAMP(6), '+00:00', 'Europe/Paris')"  # type: ignore[arg-type]
+    MySQL.timezone_name = "UTC"
+    assert clock.now_sql(MySQL()) == "UTC_TIMESTAMP(6)"  # type: ignore[arg-type]
+    assert clock.after_sql(MySQL()) == "(UTC_TIMESTAMP(6) + INTERVAL %s MICROSECOND)"  # type: ignore[arg-type]
