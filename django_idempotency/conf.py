@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "SESSION_LOCKS": "auto",
     "CONFLICT_RETRIES": 5,
     "REPLAY_CACHE": None,
+    "DATABASES": (),
     "TOMBSTONE_TTL": timedelta(days=30),
     "PROBLEM_BASE_URL": "https://django-idempotency.readthedocs.io/en/latest/reference/problems/#",
     "ENCRYPTION_KEYS": (),
@@ -128,6 +129,13 @@ class Settings:
         (``replay_cache``), or ``None``: every replay reads its record."""
         value = self.get("REPLAY_CACHE")
         return None if value is None else str(value)
+
+    @property
+    def DATABASES(self) -> tuple[str, ...]:
+        """The aliases of every database that holds records (sharded projects), or empty:
+        the router's write database for ``IdempotencyRecord`` alone. Purge and the admin
+        work across them; a request's record must land on one of them."""
+        return tuple(self.get("DATABASES") or ())
 
     @property
     def CONFLICT_RETRIES(self) -> int:

@@ -45,6 +45,8 @@ class IdempotentMixin(_Base):  # type: ignore[misc]
     idempotency_single_transaction: bool = False
     idempotency_ttl: timedelta | None = None
     idempotency_lease: timedelta | None = None
+    #: The records' database (``using=``); ``None``: the router's, asked per request.
+    idempotency_using: str | None = None
     #: Set by ``@idempotent`` above ``@api_view``: that decorator's guard, used as it is.
     _decorator_guard: Guard | None = None
 
@@ -106,6 +108,11 @@ class IdempotentMixin(_Base):  # type: ignore[misc]
     def get_idempotency_fingerprint(self, request: Request) -> str:
         return keys.fingerprint(request)
 
+    def get_idempotency_using(self, request: Request) -> str | None:
+        """The database of this request's record, beside its business writes (a tenant's
+        shard); ``None`` asks the router, with the request, scope and key as hints."""
+        return self.idempotency_using
+
     def get_idempotency_guard(self) -> Guard:
         if self._decorator_guard is not None:
             return self._decorator_guard
@@ -113,6 +120,7 @@ class IdempotentMixin(_Base):  # type: ignore[misc]
         options["key"] = self.get_idempotency_key
         options["fingerprint"] = self.get_idempotency_fingerprint
         options["scope"] = self.get_idempotency_scope
+        options["using"] = self.get_idempotency_using
         return Guard(**options)
 
     def _unguarded(self, handler: Callable[..., Any]) -> Callable[..., Any]:

@@ -205,7 +205,7 @@ class Attempt:
         self.intent = intent
         self.policy = policy
         self.records: IdempotencyRecordQuerySet = IdempotencyRecord.objects.using(
-            records_database()
+            records_database(intent.database, scope=intent.scope, key=intent.key)
         )
         self.mode = policy.mode
         connection = connections[self.records.db]

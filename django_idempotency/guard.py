@@ -7,8 +7,9 @@ once, and turns the engine's outcome into a response. It knows nothing of DRF.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
@@ -57,6 +58,7 @@ class GuardOptions(TypedDict, total=False):
     ttl: timedelta | None
     lease: timedelta | None
     methods: Collection[str] | None
+    using: str | Callable[[Any], str | None] | None
 
 
 class Guard:
@@ -84,6 +86,13 @@ class Guard:
         self.lease = lease
         methods = options.get("methods")
         self.methods = frozenset(m.upper() for m in methods) if methods is not None else None
+        self.using = options.get("using")
+        if self.using is not None and not (isinstance(self.using, str) or callable(self.using)):
+            raise ImproperlyConfigured(
+                f"using={self.using!r} must name the records' database: an alias of "
+                "DATABASES, or a callable of the request returning one (or None for the "
+                "router's)."
+            )
 
     def applies(self, request: Any) -> bool:
         methods = self.methods if self.methods is not None else conf.METHODS
@@ -112,8 +121,9 @@ class Guard:
                 required = conf.REQUIRED if self.required is None else self.required
                 return responses.missing_key() if required else None
             scope, earlier_scopes = keys.scope_forms(request, self.scope)
+            database = self.database(request, scope, key)
             if earlier_keys or earlier_scopes:
-                scope, key = _held(scope, key, earlier_scopes, earlier_keys)
+                scope, key = _held(database, scope, key, earlier_scopes, earlier_keys)
             fingerprint, earlier = keys.fingerprints(str(self.fingerprint(request)))
             return operation.Intent(
                 scope=scope,
@@ -122,11 +132,19 @@ class Guard:
                 method=request.method,
                 route=keys.route_of(request),
                 earlier=earlier,
+                database=database,
             )
         except keys.InvalidKey as exc:
             return responses.invalid_key(str(exc))
         except RequestDataTooBig:
             return responses.too_large()
+
+    def database(self, request: Any, scope: str, key: str) -> str:
+        """The records' database for this request: the view's ``using`` (an alias, or a
+        callable of the request answering one or ``None``), else the router's, asked with
+        the request, scope and key as hints."""
+        using = self.using(request) if callable(self.using) else self.using
+        return models.records_database(using, request=request, scope=scope, key=key)
 
     def run(self, request: Any, view: Callable[[], HttpResponseBase]) -> HttpResponseBase:
         intent = self.intent(request)
@@ -188,7 +206,8 @@ class Guard:
                 django_request.idempotency = current
             return view()
 
-        return engine.execute(intent, policy, work, responses.capture)
+        with _requested_transactions(request, but=intent.database):
+            return engine.execute(intent, policy, work, responses.capture)
 
     def respond(self, outcome: operation.Outcome[HttpResponseBase]) -> HttpResponseBase:
         if isinstance(outcome, operation.Executed):
@@ -224,7 +243,11 @@ def _cached_replay(intent: operation.Intent) -> HttpResponseBase | None:
 
 
 def _held(
-    scope: str, key: str, earlier_scopes: tuple[str, ...], earlier_keys: tuple[str, ...]
+    database: str,
+    scope: str,
+    key: str,
+    earlier_scopes: tuple[str, ...],
+    earlier_keys: tuple[str, ...],
 ) -> tuple[str, str]:
     """The ``(scope, key)`` a live record holds among this intent's earlier forms, else
     the current one: records are found by equality, and one made before a key rotation
@@ -246,7 +269,7 @@ def _held(
     for form_scope, form_key in forms:
         match |= Q(scope=form_scope, key=form_key)
     found = (
-        models.IdempotencyRecord.objects.using(models.records_database())
+        models.IdempotencyRecord.objects.using(database)
         .filter(match)
         .exclude(models.expired_at(clock.Now()))
         .values_list("scope", "key")
@@ -277,16 +300,25 @@ def passthrough(request: Any, view: Callable[[], T]) -> T:
     itself marked the view ``non_atomic_requests``.
     """
     request.idempotency = operation.Unguarded()
-    alias = models.records_database()
-    connection = connections[alias]
-    if (
-        not connection.settings_dict.get("ATOMIC_REQUESTS")
-        or connection.in_atomic_block  # the opt-out did not reach Django's handler
-        or _opted_out(request, alias)
-    ):
+    with _requested_transactions(request):
         return view()
-    with transaction.atomic(using=alias):
-        return view()
+
+
+@contextlib.contextmanager
+def _requested_transactions(request: Any, but: str | None = None) -> Iterator[None]:
+    """The ``ATOMIC_REQUESTS`` transactions the guard's opt-out kept from the view,
+    given back on every records database but ``but``, the one its claim commits on."""
+    with contextlib.ExitStack() as stack:
+        for alias in models.records_databases():
+            connection = connections[alias]
+            if (
+                alias != but
+                and connection.settings_dict.get("ATOMIC_REQUESTS")
+                and not connection.in_atomic_block  # the opt-out did not reach Django
+                and not _opted_out(request, alias)
+            ):
+                stack.enter_context(transaction.atomic(using=alias))
+        yield
 
 
 def _opted_out(request: Any, alias: str) -> bool:
@@ -295,15 +327,16 @@ def _opted_out(request: Any, alias: str) -> bool:
 
 
 class _RecordsDatabase(set[str]):
-    """``view._non_atomic_requests`` that also names the records' database.
+    """``view._non_atomic_requests`` that also names every database holding records.
 
     Resolved per request, because the database router is not known when a view is
-    decorated at import time. Without it the claim could not commit on its own under
-    ``ATOMIC_REQUESTS``.
+    decorated at import time, nor which database a request's record goes to before
+    the request comes. Without it the claim could not commit on its own under
+    ``ATOMIC_REQUESTS``; the guard gives the others back (``_requested_transactions``).
     """
 
     def __contains__(self, alias: object) -> bool:
-        return alias == models.records_database() or super().__contains__(alias)
+        return alias in models.records_databases() or super().__contains__(alias)
 
 
 def opt_out_of_atomic_requests(view: Any) -> Any:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, NamedTuple
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, IntegrityError, connections, models, router, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -50,9 +51,43 @@ class Liveness(models.TextChoices):
     SESSION = "session"
 
 
-def records_database() -> str:
-    """Records always live on the write database: a replica's stale read is a duplicate."""
-    return router.db_for_write(IdempotencyRecord) or "default"
+def records_database(using: str | None = None, **hints: Any) -> str:
+    """The database of one intent's record: where the business writes of its request
+    commit, so that the two commit or roll back together.
+
+    ``using`` when the view names it; otherwise the router's write database for
+    ``IdempotencyRecord`` given ``hints`` (the guard passes ``request``, ``scope`` and
+    ``key``; docs/running-at-scale.md). Always a write database: a replica's stale read
+    is a duplicate. It must be one of ``records_databases()``, or purge and the
+    operator's views would never see the record.
+    """
+    alias = using or router.db_for_write(IdempotencyRecord, **hints) or "default"
+    if not (using or hints) and not _listed():
+        return alias  # the one database of an unsharded project
+    holding = records_databases()
+    if alias not in holding:
+        raise ImproperlyConfigured(
+            f"Idempotency records would be written to database {alias!r}, which is not "
+            f"among the databases that hold them ({', '.join(map(repr, holding))}): purge "
+            "would never delete them. List every database that holds records in "
+            "IDEMPOTENCY['DATABASES']."
+        )
+    return alias
+
+
+def records_databases() -> tuple[str, ...]:
+    """Every database that holds records, for purge, the admin and the checks:
+    ``IDEMPOTENCY["DATABASES"]``, by default the router's write database."""
+    listed = _listed()
+    if listed:
+        return listed
+    return (router.db_for_write(IdempotencyRecord) or "default",)
+
+
+def _listed() -> tuple[str, ...]:
+    from django_idempotency.conf import conf
+
+    return conf.DATABASES
 
 
 def expired_at(now: datetime | clock.Now) -> Q:

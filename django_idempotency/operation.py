@@ -37,6 +37,9 @@ class Intent:
     #: The same request's fingerprints under earlier secrets, which records made before
     #: a key rotation still carry: they are the same intent, not a reused key.
     earlier: tuple[str, ...] = ()
+    #: The database the record lives on, beside the request's business writes
+    #: (``models.records_database``); ``None``: the router's, asked with scope and key.
+    database: str | None = None
 
     def matches(self, fingerprint: str) -> bool:
         return fingerprint == self.fingerprint or fingerprint in self.earlier

@@ -7,7 +7,8 @@ fails all go to the database, which decides as it always does. An entry is writt
 only once its record has committed (``on_commit``: a record completed inside someone's
 transaction may still roll back with it) and expires with the record. It holds what
 the record holds, so with ``ENCRYPTION_KEYS`` the cache holds ciphertext. Its key is a
-digest of the scope and the key together, so an entry can never answer another scope.
+digest of the database, the scope and the key together, so an entry can never answer
+another scope, nor the same scope on another tenant's shard.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def lookup(intent: Intent) -> IdempotencyRecord | None:
     if cache is None:
         return None
     try:
-        entry = cache.get(_key(intent.scope, intent.key))
+        entry = cache.get(_key(intent.database or "", intent.scope, intent.key))
     except Exception as exc:  # a cache outage must never fail a request
         _logger.warning("Replay cache unavailable, asking the database: %s", exc)
         return None
@@ -89,7 +90,7 @@ def _store(record: IdempotencyRecord) -> None:
         "response_body": None if body is None else bytes(body),
     }
     try:
-        cache.set(_key(record.scope, record.key), entry, timeout=seconds)
+        cache.set(_key(record._state.db or "", record.scope, record.key), entry, timeout=seconds)
     except Exception as exc:
         _logger.warning("Replay cache unavailable, not caching %s: %s", record.pk, exc)
 
@@ -99,6 +100,7 @@ def _cache() -> Any:
     return None if alias is None else caches[alias]
 
 
-def _key(scope: str, key: str) -> str:
-    digest = hashlib.sha256(f"{scope}\x00{key}".encode("utf-8", "surrogatepass"))
+def _key(database: str, scope: str, key: str) -> str:
+    text = f"{database}\x00{scope}\x00{key}"
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass"))
     return _PREFIX + digest.hexdigest()

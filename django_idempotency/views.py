@@ -88,7 +88,8 @@ def operation(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
     caller = authenticated(request)
     if isinstance(caller, HttpResponse):
         return caller
-    return describe(records().filter(pk=pk, scope=keys.compute_scope(caller)))
+    scope = keys.compute_scope(caller)
+    return describe(records(caller, scope).filter(pk=pk, scope=scope))
 
 
 @status_view
@@ -113,11 +114,16 @@ def operation_by_key(request: HttpRequest) -> HttpResponse:
         key = keys.parse_key(values[0])
     except keys.InvalidKey as exc:
         return responses.invalid_key(str(exc))
-    return describe(records().filter(key=key, scope=keys.compute_scope(caller)))
+    scope = keys.compute_scope(caller)
+    return describe(records(caller, scope, key).filter(key=key, scope=scope))
 
 
-def records() -> IdempotencyRecordQuerySet:
-    found: IdempotencyRecordQuerySet = IdempotencyRecord.objects.using(records_database())
+def records(request: Any, scope: str, key: str | None = None) -> IdempotencyRecordQuerySet:
+    """The caller's records, on the database the router names for this request (the
+    guard's hints, without the key when looked up by id): on a sharded project, the
+    caller's tenant's, never another shard where the same scope may be someone else."""
+    alias = records_database(request=request, scope=scope, key=key)
+    found: IdempotencyRecordQuerySet = IdempotencyRecord.objects.using(alias)
     return found
 
 
