@@ -583,7 +583,7 @@ def test_every_reencrypt_option_is_documented() -> None:
         for option in action.option_strings
         if option not in standard and option.startswith("--")
     }
-    assert options == {"--dry-run", "--batch-size"}
+    assert options == {"--dry-run", "--batch-size", "--database"}
     page = (PACKAGE.parent / "docs" / "reference" / "management-command.md").read_text()
     section = page.split("## reencrypt_idempotency_records", 1)[1]
     assert [option for option in sorted(options) if f"`{option}" not in section] == []

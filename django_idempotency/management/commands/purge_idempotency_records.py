@@ -16,7 +16,7 @@ from django.db import DatabaseError
 
 from django_idempotency.conf import conf
 from django_idempotency.management import batches
-from django_idempotency.models import IdempotencyRecord, PurgeBatch, records_database
+from django_idempotency.models import IdempotencyRecord, PurgeBatch
 
 DURATION = re.compile(r"(\d+)([smhd])")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -55,6 +55,7 @@ class Command(BaseCommand):
     TOO_LONG = "Invalid --older-than {value!r}: the cutoff would be before year 1."
     BAD_BATCH_SIZE = batches.BAD_BATCH_SIZE
     DATABASE_ERROR = "Purge stopped after deleting {deleted} records: {error}"
+    FAILED_ON = "Purge failed on {aliases}; the other databases were purged."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -67,6 +68,7 @@ class Command(BaseCommand):
             default="1000",
             help="Records deleted per transaction (default 1000).",
         )
+        batches.add_database_argument(parser)
         parser.add_argument(
             "--older-than",
             default=None,
@@ -83,6 +85,29 @@ class Command(BaseCommand):
         batch_size = batches.batch_size(options["batch_size"])
         older_than = self._older_than(options["older_than"])
         self.verbosity = int(options["verbosity"])
+        aliases = batches.databases(options["database"])
+        failures = []
+        for alias in aliases:
+            try:
+                self._purge(alias, older_than, batch_size, options, named=len(aliases) > 1)
+            except CommandError as exc:
+                if len(aliases) == 1:
+                    raise
+                self.stderr.write(f"{alias}: {exc}")
+                failures.append(alias)
+        if failures:
+            raise CommandError(self.FAILED_ON.format(aliases=", ".join(failures)))
+
+    def _purge(
+        self,
+        alias: str,
+        older_than: timedelta,
+        batch_size: int,
+        options: dict[str, Any],
+        *,
+        named: bool,
+    ) -> None:
+        """Purge one database; ``named``: say which in the summary (several of them)."""
         deleted = {"count": 0}
 
         def on_batch(batch: PurgeBatch) -> None:
@@ -100,7 +125,7 @@ class Command(BaseCommand):
                     )
                 )
 
-        records = IdempotencyRecord.objects.using(records_database())
+        records = IdempotencyRecord.objects.using(alias)
         try:
             result = records.purge(
                 older_than=older_than,
@@ -116,15 +141,17 @@ class Command(BaseCommand):
                 self.DATABASE_ERROR.format(deleted=deleted["count"], error=exc)
             ) from exc
         if self.verbosity >= 1:
+            prefix = f"{alias}: " if named else ""
             template = self.DRY_RUN_SUMMARY if result.dry_run else self.SUMMARY
             self.stdout.write(
-                template.format(
+                prefix
+                + template.format(
                     expired=result.expired, abandoned=result.abandoned, batches=result.batches
                 )
             )
             if result.buried:
                 line = self.DRY_RUN_BURIED if result.dry_run else self.BURIED
-                self.stdout.write(line.format(buried=result.buried))
+                self.stdout.write(prefix + line.format(buried=result.buried))
 
     def _older_than(self, value: str | None) -> timedelta:
         if value is None:

@@ -32,7 +32,6 @@ from django_idempotency.models import (
     IdempotencyRecord,
     IdempotencyRecordQuerySet,
     Status,
-    records_database,
 )
 
 KEY_LOOKUP = f"response_headers__{encryption.KEY}"
@@ -78,6 +77,7 @@ class Command(BaseCommand):
             default="500",
             help="Records read per batch (default 500); each is written by its own UPDATE.",
         )
+        batches.add_database_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         batch_size = batches.batch_size(options["batch_size"])
@@ -92,7 +92,16 @@ class Command(BaseCommand):
             raise CommandError(encryption.MISSING_PACKAGE)
         newest = encryption.newest_key_id()
         assert newest is not None
-        records = IdempotencyRecord.objects.using(records_database())
+        for alias in batches.databases(options["database"]):
+            self._reencrypt(IdempotencyRecord.objects.using(alias), newest, batch_size, options)
+
+    def _reencrypt(
+        self,
+        records: IdempotencyRecordQuerySet,
+        newest: str,
+        batch_size: int,
+        options: dict[str, Any],
+    ) -> None:
         candidates = stale(records, newest)
         if options["dry_run"]:
             plaintext = candidates.filter(~Q(response_headers__has_key=encryption.KEY)).count()
