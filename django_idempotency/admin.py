@@ -22,7 +22,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.db import connections
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, QueryDict
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -36,6 +36,7 @@ from django_idempotency.models import (
     Status,
     expired_at,
     records_database,
+    records_databases,
     tombstone_at,
 )
 
@@ -75,6 +76,49 @@ if TYPE_CHECKING:
     ModelAdmin = admin.ModelAdmin[IdempotencyRecord]
 else:
     ModelAdmin = admin.ModelAdmin  # not subscriptable at run time
+
+
+def shown_database(request: HttpRequest) -> str:
+    """The records database the admin shows: ``?database=`` (kept by the change pages
+    in ``_changelist_filters``) when it is one of ``records_databases()``, else the first."""
+    holding = records_databases()
+    chosen = request.GET.get(DatabaseFilter.parameter_name)
+    if chosen is None:
+        kept = QueryDict(request.GET.get("_changelist_filters", ""))
+        chosen = kept.get(DatabaseFilter.parameter_name)
+    return chosen if chosen in holding else holding[0]
+
+
+class DatabaseFilter(admin.SimpleListFilter):
+    """Which of several records databases (``IDEMPOTENCY["DATABASES"]``) to list; shown
+    only on a sharded project. ``get_queryset`` reads it: the change pages need it too."""
+
+    title = _("database")
+    parameter_name = "database"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        holding = records_databases()
+        return [(alias, alias) for alias in holding] if len(holding) > 1 else []
+
+    def value(self) -> str | None:
+        holding = records_databases()
+        value = super().value()
+        return value if value in holding else (holding[0] if len(holding) > 1 else None)
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[IdempotencyRecord]
+    ) -> QuerySet[IdempotencyRecord]:
+        return queryset
+
+    def choices(self, changelist: Any) -> Any:
+        for lookup, title in self.lookup_choices:  # no "All": one database at a time
+            yield {
+                "selected": self.value() == lookup,
+                "query_string": changelist.get_query_string(
+                    {self.parameter_name: lookup}, [self.parameter_name]
+                ),
+                "display": title,
+            }
 
 
 class ExpiredFilter(admin.SimpleListFilter):
@@ -125,9 +169,9 @@ class RecordChangeList(ChangeList):
     """Leaves the drill-down links out where the database cannot truncate dates; a
     drill-down in the URL still filters (by a range, computed before this)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.date_hierarchy and not dates_truncate(records_database()):
+    def __init__(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
+        super().__init__(request, *args, **kwargs)
+        if self.date_hierarchy and not dates_truncate(shown_database(request)):
             self.date_hierarchy = None
 
 
@@ -164,7 +208,7 @@ class IdempotencyRecordAdmin(ModelAdmin):
         "created_at",
         "expires_at",
     )
-    list_filter = ("status", ExpiredFilter, TombstoneFilter, StuckFilter)
+    list_filter = (DatabaseFilter, "status", ExpiredFilter, TombstoneFilter, StuckFilter)
     search_fields = ("key", "scope")
     search_help_text = _("Search by key or scope (user:<pk>, session:h1:<digest>, anonymous, ...).")
     date_hierarchy = "created_at"
@@ -217,7 +261,7 @@ class IdempotencyRecordAdmin(ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[IdempotencyRecord]:
         records: QuerySet[IdempotencyRecord] = super().get_queryset(request)
-        records = records.using(records_database())
+        records = records.using(shown_database(request))
         match = request.resolver_match
         if match is None or match.url_name != self._url_name("change"):
             records = records.defer("response_body", "response_headers")
