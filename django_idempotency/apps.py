@@ -17,6 +17,7 @@ class IdempotencyConfig(AppConfig):
 
         register(checks.check_settings, Tags.compatibility)
         register(checks.check_records_database, Tags.database)
+        register(checks.check_sharding, Tags.database)
         register(checks.check_atomic_requests, Tags.database)
         register(checks.check_autocommit, Tags.database)
         register(checks.check_time_zone_tables, Tags.database)

@@ -25,6 +25,8 @@ id                            reported when
 ``django_idempotency.E016``   ``CONFLICT_RETRIES`` is not an int of zero or more
 ``django_idempotency.E020``   ``REPLAY_CACHE`` does not name a cache in ``CACHES``
 ``django_idempotency.E021``   ``TOMBSTONE_TTL`` is not a ``timedelta`` of zero or more
+``django_idempotency.E022``   ``DATABASES`` is not a list of aliases where records may live
+``django_idempotency.E023``   a guarded view's ``using`` names a database not in ``DATABASES``
 ``django_idempotency.E017``   ``ENCRYPTION_KEYS`` is not a list of distinct, valid Fernet keys
 ``django_idempotency.E018``   ``ENCRYPTION_KEYS`` is set but ``cryptography`` is not installed
 ``django_idempotency.E019``   ``REDACT`` is not a callable or the dotted path of one
@@ -35,6 +37,7 @@ id                            reported when
 ``django_idempotency.W005``   ``django_idempotency.urls`` is not in the URLconf
 ``django_idempotency.W006``   ``AUTOCOMMIT`` is off for the records' database
 ``django_idempotency.W007``   MySQL/MariaDB without time-zone tables and ``TIME_ZONE`` not UTC
+``django_idempotency.W008``   models may live on a database that holds no records (sharding)
 ``django_idempotency.I001``   ``ATOMIC_REQUESTS`` is on for the records' database
 ============================  ===============================================================
 """
@@ -72,7 +75,7 @@ def _valid_names() -> str:
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """E001-E012, E015-E021, W002-W004: the type and range of every setting."""
+    """E001-E012, E015-E022, W002-W004: the type and range of every setting."""
     user = _user_settings()
     if user is None:
         user = {}
@@ -282,6 +285,31 @@ def _replay_cache(value: Any) -> tuple[str, str, str] | None:
     )
 
 
+def _databases(value: Any) -> tuple[str, str, str] | None:
+    hint = (
+        "List the aliases of DATABASES that hold idempotency records, e.g. "
+        "['shard_a', 'shard_b'] beside a tenant router, or () for the router's write "
+        "database."
+    )
+    if not isinstance(value, (list, tuple)) or not all(isinstance(a, str) for a in value):
+        return (f"must be a list of database aliases, not {value!r}.", hint, "E022")
+    unknown = [alias for alias in value if alias not in settings.DATABASES]
+    if unknown:
+        return (f"names databases that are not in DATABASES: {unknown!r}.", hint, "E022")
+    from django_idempotency.models import IdempotencyRecord
+
+    refused = [a for a in value if not router.allow_migrate_model(a, IdempotencyRecord)]
+    if refused:
+        return (
+            f"names {refused!r}, where the database router does not migrate "
+            "IdempotencyRecord: the table would not exist there.",
+            "Let allow_migrate() return True for the django_idempotency app on every "
+            "database that holds records.",
+            "E022",
+        )
+    return None
+
+
 def _conflict_retries(value: Any) -> tuple[str, str, str] | None:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return None
@@ -308,6 +336,7 @@ VALIDATORS: dict[str, Callable[[Any], tuple[str, str, str] | None]] = {
     "SESSION_LOCKS": _session_locks,
     "CONFLICT_RETRIES": _conflict_retries,
     "REPLAY_CACHE": _replay_cache,
+    "DATABASES": _databases,
     "TOMBSTONE_TTL": _non_negative_duration("E021", "timedelta(days=30), or 0 for none"),
     "ENCRYPTION_KEYS": _encryption_keys,
     "REDACT": _redact,
@@ -370,16 +399,22 @@ def view_duration_problem(*, ttl: Any, lease: Any) -> str | None:
     return None
 
 
+_FRAMEWORK_APPS = frozenset({"django_idempotency", "contenttypes", "auth", "sessions", "admin"})
+
+
 def check_records_database(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """W001: the business writes can only commit with "done" on the same database."""
+    """W001: the business writes can only commit with "done" on the same database
+    (one records database; W008 checks a sharded project)."""
+    from django_idempotency.conf import conf
     from django_idempotency.models import records_database
 
+    if conf.DATABASES:
+        return []
     records_db = records_database()
     elsewhere = sorted(
         model._meta.label
         for model in apps.get_models()
-        if model._meta.app_label
-        not in {"django_idempotency", "contenttypes", "auth", "sessions", "admin"}
+        if model._meta.app_label not in _FRAMEWORK_APPS
         and (router.db_for_write(model) or "default") != records_db
     )
     if not elsewhere:
@@ -398,13 +433,47 @@ def check_records_database(app_configs: Any = None, **kwargs: Any) -> list[Check
     ]
 
 
+def check_sharding(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W008: on a sharded project, a database the router lets business models live on
+    but that holds no records: a guarded view writing there commits apart from its
+    record. Test mirrors (replicas) are left out: nobody writes there."""
+    from django_idempotency.conf import conf
+    from django_idempotency.models import records_databases
+
+    if not conf.DATABASES or _databases(list(conf.DATABASES)) is not None:
+        return []  # unsharded (W001 covers it), or E022 already says what is wrong
+    holding = set(records_databases())
+    messages: list[CheckMessage] = []
+    for alias, options in settings.DATABASES.items():
+        if alias in holding or options.get("TEST", {}).get("MIRROR"):
+            continue
+        models = sorted(
+            model._meta.label
+            for model in apps.get_models()
+            if model._meta.app_label not in _FRAMEWORK_APPS
+            and router.allow_migrate_model(alias, model)
+        )
+        if models:
+            messages.append(
+                Warning(
+                    f"Database {alias!r} holds no idempotency records (it is not in "
+                    f"IDEMPOTENCY['DATABASES']), but the router lets these models live "
+                    f"there: {', '.join(models[:10])}"
+                    + (" ..." if len(models) > 10 else "")
+                    + ". A guarded view writing them would commit apart from its record, "
+                    "so a crash between the two commits can run a side effect twice.",
+                    hint=f"Add {alias!r} to IDEMPOTENCY['DATABASES'] and let the router "
+                    "migrate django_idempotency there, or keep guarded views off it.",
+                    id=PREFIX + "W008",
+                )
+            )
+    return messages
+
+
 def check_atomic_requests(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """I001: explain what guarded views do under ``ATOMIC_REQUESTS``."""
-    from django_idempotency.models import records_database
+    from django_idempotency.models import records_databases
 
-    alias = records_database()
-    if alias not in connections or not connections.settings[alias].get("ATOMIC_REQUESTS"):
-        return []
     return [
         Info(
             f"ATOMIC_REQUESTS is on for {alias!r}, the idempotency records' database. "
@@ -419,20 +488,37 @@ def check_atomic_requests(app_configs: Any = None, **kwargs: Any) -> list[CheckM
             "the view (middleware writes) runs in autocommit for guarded views.",
             id=PREFIX + "I001",
         )
+        for alias in records_databases()
+        if alias in connections and connections.settings[alias].get("ATOMIC_REQUESTS")
     ]
 
 
 def check_guarded_views(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """E014 and W004 per guarded URL: what only the wiring of one view shows."""
     from django_idempotency.conf import conf
-    from django_idempotency.models import records_database
+    from django_idempotency.models import records_databases
 
-    alias = records_database()
-    atomic_requests = alias in connections and connections.settings[alias].get("ATOMIC_REQUESTS")
+    holding = records_databases()
+    atomic = [
+        a for a in holding if a in connections and connections.settings[a].get("ATOMIC_REQUESTS")
+    ]
     messages: list[CheckMessage] = []
     for route, callback, view in _guarded_views():
-        opted_out = alias in getattr(callback, "_non_atomic_requests", ())
-        if not view.mode.atomic and atomic_requests and not opted_out:
+        using = view.using if isinstance(view.using, str) else None
+        if using is not None and using not in holding:
+            messages.append(
+                Error(
+                    f"The view at '{route}' keeps its records on {using!r}, which is not "
+                    f"among the databases that hold records ({', '.join(map(repr, holding))}):"
+                    " every keyed request to it would fail.",
+                    hint="Add it to IDEMPOTENCY['DATABASES'], or name one of those.",
+                    obj=callback,
+                    id=PREFIX + "E023",
+                )
+            )
+        opted_in = [a for a in atomic if a not in getattr(callback, "_non_atomic_requests", ())]
+        alias = opted_in[0] if opted_in else None
+        if not view.mode.atomic and alias is not None:
             messages.append(
                 Error(
                     f"The atomic=False view at '{route}' runs inside ATOMIC_REQUESTS on "
@@ -520,11 +606,8 @@ def _guard_in(function: Any, depth: int) -> Any:
 
 def check_autocommit(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """W006: without autocommit nothing commits the claim before the view runs."""
-    from django_idempotency.models import records_database
+    from django_idempotency.models import records_databases
 
-    alias = records_database()
-    if alias not in connections or connections.settings[alias].get("AUTOCOMMIT", True):
-        return []
     return [
         Warning(
             f"AUTOCOMMIT is off for {alias!r}, the idempotency records' database. The "
@@ -537,6 +620,8 @@ def check_autocommit(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
             "single_transaction=True.",
             id=PREFIX + "W006",
         )
+        for alias in records_databases()
+        if alias in connections and not connections.settings[alias].get("AUTOCOMMIT", True)
     ]
 
 
@@ -611,16 +696,13 @@ def check_time_zone_tables(
     It asks the database, so it runs only for the databases named (``migrate``,
     ``check --database``), like Django's own database checks.
     """
-    from django_idempotency.models import records_database
+    from django_idempotency.models import records_databases
 
-    alias = records_database()
-    if not databases or alias not in databases or not apps.is_installed("django.contrib.admin"):
+    if not databases or not apps.is_installed("django.contrib.admin"):
         return []
     from django_idempotency.admin import dates_truncate
 
     zone = settings.TIME_ZONE or "UTC"
-    if dates_truncate(alias, zone):
-        return []
     return [
         Warning(
             f"The database {alias!r} (MySQL/MariaDB) has no time-zone tables, so it "
@@ -633,4 +715,6 @@ def check_time_zone_tables(
             "(MySQL).",
             id=PREFIX + "W007",
         )
+        for alias in records_databases()
+        if alias in databases and not dates_truncate(alias, zone)
     ]
