@@ -111,3 +111,15 @@ DATABASES["replica"] = {
         if key in {"CHARSET", "COLLATION"}
     },
 }
+
+# A tenant's shard: a second, separate database of the same engine. tests/test_sharding.py
+# routes each tenant's records and business rows to its own database ("default" holds
+# tenant "a", "shard" tenant "b").
+DATABASES["shard"] = {
+    **DATABASES["replica"],
+    "NAME": (
+        ":memory:"
+        if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+        else f"{DATABASES['default']['NAME']}_shard"
+    ),
+}
