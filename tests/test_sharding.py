@@ -364,3 +364,44 @@ def test_ttl_and_lease_stay_per_view_under_sharding() -> None:
     view = idempotent(using="shard", ttl=timedelta(hours=2))(place_order)
     assert view.idempotency_guard.using == "shard"
     assert view.idempotency_guard.policy().ttl == timedelta(hours=2)
+
+
+def test_purge_goes_on_past_a_database_that_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import DatabaseError
+
+    from django_idempotency.models import IdempotencyRecordQuerySet
+
+    expired_on("default", 3)
+    expired_on("shard", 2)
+    purge = IdempotencyRecordQuerySet.purge
+
+    def failing_on_default(self: IdempotencyRecordQuerySet, **options: Any) -> Any:
+        if self.db == "default":
+            raise DatabaseError("the server went away")
+        return purge(self, **options)
+
+    monkeypatch.setattr(IdempotencyRecordQuerySet, "purge", failing_on_default)
+    with pytest.raises(CommandError, match="Purge failed on default; the other databases"):
+        _purge()
+    assert IdempotencyRecord.objects.using("shard").count() == 0
+    assert IdempotencyRecord.objects.using("default").count() == 3
+
+
+def test_a_records_change_page_reads_the_database_its_list_showed(admin_client: Client) -> None:
+    IdempotencyRecordFactory._meta.database = "shard"
+    try:
+        record = IdempotencyRecordFactory(key="on-the-shard")
+    finally:
+        IdempotencyRecordFactory._meta.database = "default"
+    url = f"/admin/django_idempotency/idempotencyrecord/{record.pk}/change/"
+    shown = admin_client.get(url, {"_changelist_filters": "database=shard"})
+    assert shown.status_code == 200
+    assert "on-the-shard" in shown.text
+    missing = admin_client.get(url)  # the first database holds no such record
+    assert missing.status_code == 302
+
+
+@pytest.mark.parametrize("using", [42, ["shard"]])
+def test_using_must_name_a_database_or_find_one(using: Any) -> None:
+    with pytest.raises(ImproperlyConfigured, match="must name the records' database"):
+        idempotent(using=using)(place_order)
